@@ -1,0 +1,19 @@
+"""The public surface: fit, compare, train, likelihood, list_plugins."""
+
+from sbi_plugins.comparison import compare
+from sbi_plugins.estimators import load as load_estimator
+from sbi_plugins.estimators import train as _train
+from sbi_plugins.likelihoods import likelihood
+from sbi_plugins.registry import get_simulator, list_plugins
+from sbi_plugins.runner import fit
+
+__all__ = ["compare", "fit", "likelihood", "list_plugins", "load_estimator", "train"]
+
+
+def train(simulator, **kwargs):
+    """Train the simulator's estimator (a name or a Simulator); see
+    `sbi_plugins.estimators.train` for the options."""
+    return _train(get_simulator(simulator), **kwargs)
+
+
+train.__doc__ = _train.__doc__

@@ -1,0 +1,228 @@
+"""`sbi-plugins`: argument parsing, messages and exit codes; no logic of its own.
+
+A user error prints one line, `sbi-plugins: error: ...`, and exits with status 2; no
+traceback, and no existing file is overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from sbi_plugins.errors import SbiPluginsError
+
+EXIT_USAGE = 2
+
+
+class CliError(SbiPluginsError):
+    """A bad command line."""
+
+
+def parse_pooling(text: str) -> str | dict[str, str]:
+    """`partial`, or per parameter: `v=partial,a=complete`."""
+    if "=" not in text:
+        return text
+    spec = {}
+    for item in text.split(","):
+        name, sep, mode = item.partition("=")
+        if not sep or not name.strip() or not mode.strip():
+            raise CliError(
+                f"cannot read pooling {text!r}: write a mode (partial, none, complete) "
+                "or name=mode pairs such as v=partial,a=complete"
+            )
+        spec[name.strip()] = mode.strip()
+    return spec
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise CliError(f"{path} exists; choose another --out (nothing was overwritten)")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from sbi_plugins.registry import list_plugins
+
+    plugins = list_plugins()
+    if args.json:
+        print(json.dumps([p.to_dict() for p in plugins], indent=2))
+        return 0
+    for p in plugins:
+        status = "ok" if p.ok else "FAILED"
+        origin = " ".join(filter(None, [p.distribution or "local", p.version]))
+        print(f"{p.name} ({origin}) [{status}]")
+        for label, items in (
+            ("simulators", p.simulators),
+            ("prior families", p.priors),
+            ("estimators", p.estimators),
+        ):
+            if items:
+                print(f"  {label}: {', '.join(items)}")
+        for error in p.errors:
+            print(f"  error: {error}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sbi_plugins.estimators import train
+    from sbi_plugins.estimators.resolve import cache_path
+    from sbi_plugins.registry import get_simulator
+
+    simulator = get_simulator(args.simulator)
+    out = Path(args.out) if args.out else cache_path(simulator)
+    if args.out:
+        _refuse_existing(out)
+    estimator = train(
+        simulator,
+        num_simulations=args.num_simulations,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    estimator.save(out, overwrite=not args.out)
+    training = estimator.metadata["training"]
+    print(
+        f"trained {simulator.name} estimator ({estimator.kind}) on "
+        f"{training['num_simulations']} simulations, {training['epochs']} epochs, "
+        f"validation loss {training['best_validation_loss']:.4f}"
+    )
+    print(f"wrote {out}\nsha256 {estimator.checksum}")
+    return 0
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from sbi_plugins.runner import fit
+
+    out = Path(args.out)
+    _refuse_existing(out)
+    idata = fit(
+        args.data,
+        args.simulator,
+        group=args.group,
+        pooling=parse_pooling(args.pooling),
+        estimator=args.estimator,
+        likelihood=args.likelihood,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        seed=args.seed,
+        cores=args.cores,
+        progress=not args.no_progress,
+    )
+    _write_netcdf(idata, out)
+    import arviz as az
+
+    print(az.summary(idata, kind="all").to_string())
+    print(f"wrote {out}")
+    return 0
+
+
+def _write_netcdf(idata, out: Path) -> None:
+    """Write to a temporary name, then move into place: no half-written files."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    idata.to_netcdf(str(tmp))
+    os.replace(tmp, out)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from sbi_plugins.comparison import compare
+
+    names = [Path(p).stem for p in args.fits]
+    if len(set(names)) != len(names):
+        names = list(args.fits)
+    table = compare(dict(zip(names, args.fits, strict=True)))
+    print(table.to_string())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sbi_plugins.demo import run_demo
+
+    run_demo(
+        args.out,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    return 0
+
+
+def _sampler_options(parser: argparse.ArgumentParser, seed: int | None) -> None:
+    parser.add_argument("--draws", type=int, default=1000, help="draws per chain")
+    parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=seed)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sbi-plugins",
+        description="Simulation-based hierarchical Bayesian inference with "
+        "simulator plugins.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="installed plugins, what they register, failures")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a simulator's estimator")
+    p.add_argument("simulator")
+    p.add_argument("--num-simulations", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="estimator file to write (default: the cache)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fit", help="fit a simulator's hierarchical model to a CSV")
+    p.add_argument("simulator")
+    p.add_argument("data", help="CSV with the simulator's observable columns")
+    p.add_argument("--group", help="group column (subjects, sites, locations)")
+    p.add_argument(
+        "--pooling",
+        default="partial",
+        help="partial, none, complete, or per parameter: v=partial,a=complete",
+    )
+    p.add_argument("--likelihood", choices=("neural", "exact"), default="neural")
+    p.add_argument("--estimator", help="estimator file (default: shipped or cached)")
+    p.add_argument("--cores", type=int, default=None)
+    p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
+    _sampler_options(p, None)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("compare", help="rank fits of the same data by PSIS-LOO")
+    p.add_argument("fits", nargs="+", help="FIT.nc files")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="the cookie factory: three fits, compared")
+    p.add_argument("--out", default="sbi-plugins-demo", help="directory to write")
+    _sampler_options(p, 2025)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.filterwarnings(
+        "ignore", message=".*ArviZ is undergoing a major refactor.*"
+    )
+    try:
+        return args.func(args)
+    except SbiPluginsError as exc:
+        print(f"sbi-plugins: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sbi-plugins: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in plugins, written exactly as third-party plugins are."""

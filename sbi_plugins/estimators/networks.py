@@ -1,0 +1,103 @@
+"""Network builders, keyed by estimator kind, rebuildable from a JSON config.
+
+Each builder takes a plain-JSON config and example (theta, x) rows and returns an sbi
+`ConditionalDensityEstimator`. Training calls it with real data; loading calls it with
+the example rows stored in the file, then loads the trained state dict over it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from sbi.neural_nets.estimators import CategoricalMADE, CategoricalMassEstimator
+from sbi.neural_nets.net_builders import build_mnle, build_nsf
+from sbi.utils.sbiutils import standardizing_net
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from sbi_plugins.errors import EstimatorError
+
+ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
+
+
+class LogColumns(nn.Module):
+    """Takes the log of the parameter columns marked in `mask` (positive ones), so a
+    rate's effect, often multiplicative, becomes nearly linear for the network."""
+
+    def __init__(self, mask: list[bool]) -> None:
+        super().__init__()
+        self.register_buffer("mask", torch.tensor(mask, dtype=torch.bool))
+
+    def forward(self, theta: Tensor) -> Tensor:
+        return torch.where(self.mask, theta.clamp_min(1e-12).log(), theta)
+
+
+def theta_embedding(config: dict[str, Any], theta: Tensor) -> nn.Module:
+    """Optional log of positive parameters, then z-scoring."""
+    mask = config.get("log_theta") or [False] * theta.shape[-1]
+    logs = LogColumns(mask)
+    return nn.Sequential(logs, standardizing_net(logs(theta), structured_dims=False))
+
+
+def build_categorical(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
+    """A categorical mass estimator over counts 0..K-1: a probability for every count,
+    so discrete data get a probability, not a density."""
+    categories = torch.tensor(config["num_categories"])
+    made = CategoricalMADE(
+        num_categories=categories,
+        num_hidden_features=config["hidden_features"],
+        num_context_features=theta.shape[-1],
+        num_blocks=config["num_layers"],
+        activation=ACTIVATIONS[config.get("activation", "relu")],
+        embedding_net=theta_embedding(config, theta),
+    )
+    return CategoricalMassEstimator(
+        made, input_shape=x[0].shape, condition_shape=theta[0].shape
+    )
+
+
+def build_mixed(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
+    """MNLE: a categorical net for the choice and a flow for the continuous columns,
+    which sbi expects first (continuous columns, then discrete ones)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The mixed neural density")
+        return build_mnle(
+            batch_x=x,
+            batch_y=theta,
+            log_transform_x=config.get("log_transform_x", False),
+            num_categories_per_variable=torch.tensor(config["num_categories"]),
+            hidden_features=config["hidden_features"],
+            num_transforms=config["num_transforms"],
+            num_bins=config.get("num_bins", 8),
+            tail_bound=config.get("tail_bound", 10.0),
+            z_score_x="independent",
+            z_score_y="independent",
+        )
+
+
+def build_flow(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
+    """A neural spline flow for continuous data."""
+    return build_nsf(
+        batch_x=x,
+        batch_y=theta,
+        hidden_features=config["hidden_features"],
+        num_transforms=config["num_transforms"],
+        num_bins=config.get("num_bins", 8),
+        z_score_x="independent",
+        z_score_y="independent",
+    )
+
+
+BUILDERS = {"categorical": build_categorical, "mnle": build_mixed, "nsf": build_flow}
+
+
+def build_network(
+    kind: str, config: dict[str, Any], theta: Tensor, x: Tensor
+) -> nn.Module:
+    if kind not in BUILDERS:
+        raise EstimatorError(
+            f"unknown estimator kind {kind!r}; known kinds: {', '.join(BUILDERS)}"
+        )
+    return BUILDERS[kind](config, theta.float(), x.float())

@@ -1,0 +1,256 @@
+"""Simulate from the training prior and train an sbi likelihood estimator."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from sbi.inference import NLE
+from sbi.utils import BoxUniform
+from torch.optim.lr_scheduler import CosineAnnealingLR
+from torch.utils.data import BatchSampler, DataLoader
+from tqdm.auto import tqdm
+
+from sbi_plugins.contract import EstimatorRecipe, Simulator
+from sbi_plugins.errors import EstimatorError
+from sbi_plugins.estimators.artifact import TrainedEstimator, domain_of
+from sbi_plugins.estimators.networks import build_network
+from sbi_plugins.versions import package_versions
+
+SIMULATION_CHUNK = 10_000
+"""Simulations per seeded chunk: the same seed gives the same data however the chunks
+are scheduled."""
+
+NUM_EXAMPLE_ROWS = 64
+
+
+class BatchedNLE(NLE):
+    """sbi's NLE trainer, fed whole batches, with a cosine learning-rate decay.
+
+    sbi's loaders fetch and collate one row at a time, which costs far more than a
+    small network's step; indexing the tensors with a batch of indices gives the same
+    batches (same sampler, same order) several times faster. At a fixed learning rate
+    Adam's noise leaves the learned likelihood several times further (in KL) from the
+    truth than when the rate decays to zero over the epoch budget (cookie, 100k
+    simulations: KL 0.0078 at a fixed rate, 0.0019 with cosine decay).
+    """
+
+    epoch_budget: int = 100
+    _scheduler: CosineAnnealingLR | None = None
+
+    def _train_epoch(self, *args: Any, **kwargs: Any) -> float:
+        if self._scheduler is None or self._scheduler.optimizer is not self.optimizer:
+            self._scheduler = CosineAnnealingLR(self.optimizer, T_max=self.epoch_budget)
+        loss = super()._train_epoch(*args, **kwargs)
+        self._scheduler.step()
+        return loss
+
+    def get_dataloaders(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+        train_loader, val_loader = super().get_dataloaders(*args, **kwargs)
+        return _IndexedBatches(train_loader), _IndexedBatches(val_loader)
+
+
+class _NoTracker:
+    """sbi logs to TensorBoard in ./sbi-logs by default; a library must not write
+    into the user's working directory. The training summary goes into the
+    estimator's metadata instead."""
+
+    log_dir = None
+
+    def log_metric(self, name: str, value: float, step: int | None = None) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        pass
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        pass
+
+    def add_figure(self, name: str, figure: Any, step: int | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class _IndexedBatches:
+    """Iterates a DataLoader's batches by indexing its tensors with whole batches."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.tensors = loader.dataset.tensors
+        self.batch_size = loader.batch_size
+        self.batches = BatchSampler(loader.sampler, loader.batch_size, loader.drop_last)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self):
+        for indices in self.batches:
+            index = torch.as_tensor(indices)
+            yield tuple(t[index] for t in self.tensors)
+
+
+def simulate_chunk(
+    simulator: Simulator, seed: int, index: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk `index` of a seeded training set: its own generator, so chunks can run
+    anywhere, in any order."""
+    rng = np.random.default_rng([seed, index])
+    theta = simulator.sample_training_prior(size, rng)
+    x = np.asarray(simulator.simulate(theta, rng), dtype=np.float64)
+    return theta, x
+
+
+def simulate_training_data(
+    simulator: Simulator, num_simulations: int, seed: int, *, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw parameters uniformly over the training box and simulate one trial each."""
+    sizes = [SIMULATION_CHUNK] * (num_simulations // SIMULATION_CHUNK)
+    if num_simulations % SIMULATION_CHUNK:
+        sizes.append(num_simulations % SIMULATION_CHUNK)
+    thetas, xs = [], []
+    with tqdm(
+        total=num_simulations,
+        desc=f"simulating {simulator.name}",
+        unit="sim",
+        disable=not progress,
+    ) as bar:
+        for index, size in enumerate(sizes):
+            theta, x = simulate_chunk(simulator, seed, index, size)
+            thetas.append(theta)
+            xs.append(x)
+            bar.update(size)
+    return np.concatenate(thetas), np.concatenate(xs)
+
+
+def drop_invalid(theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop simulations with NaN or infinite output, saying how many."""
+    valid = np.isfinite(x).all(axis=1)
+    if not valid.all():
+        warnings.warn(
+            f"dropped {int((~valid).sum())} of {len(x)} simulations with NaN or "
+            "infinite output before training",
+            stacklevel=3,
+        )
+    if valid.sum() < 100:
+        raise EstimatorError(
+            "fewer than 100 valid simulations: check the simulator's output"
+        )
+    return theta[valid], x[valid]
+
+
+def network_config(
+    kind: str, recipe: EstimatorRecipe, simulator: Simulator, x: np.ndarray
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "hidden_features": recipe.hidden_features,
+        "num_layers": recipe.num_layers,
+        "num_transforms": recipe.num_transforms,
+        **dict(recipe.options),
+    }
+    if config.get("log_theta") == "auto":
+        config["log_theta"] = [p.lower > 0 for p in simulator.parameters]
+    if kind == "categorical":
+        if (x < 0).any() or (x != np.round(x)).any():
+            raise EstimatorError(
+                f"simulator {simulator.name!r} returned non-integer or negative counts"
+            )
+        config["num_categories"] = [int(x[:, j].max()) + 1 for j in range(x.shape[1])]
+    elif kind == "mnle":
+        choice = [i for i, o in enumerate(simulator.observables) if o.kind == "choice"]
+        config["num_categories"] = [int(x[:, j].max()) + 1 for j in choice]
+    return config
+
+
+def observed_support(simulator: Simulator, x: np.ndarray) -> dict[str, list[float]]:
+    return {
+        o.name: [float(x[:, j].min()), float(x[:, j].max())]
+        for j, o in enumerate(simulator.observables)
+    }
+
+
+def train(
+    simulator: Simulator,
+    *,
+    num_simulations: int | None = None,
+    seed: int = 0,
+    recipe: EstimatorRecipe | None = None,
+    progress: bool = True,
+    **recipe_overrides: Any,
+) -> TrainedEstimator:
+    """Simulate from the training prior and fit the recipe's estimator with sbi's NLE.
+
+    `recipe_overrides` replace recipe fields (e.g. `hidden_features=16`,
+    `max_num_epochs=5`) so tests and quick looks can train tiny estimators.
+    """
+    recipe = recipe or simulator.recipe
+    if num_simulations is not None:
+        recipe_overrides["num_simulations"] = num_simulations
+    recipe = dataclasses.replace(recipe, **recipe_overrides)
+    kind = simulator.estimator_kind()
+    started = time.perf_counter()
+    theta_np, x_np = simulate_training_data(
+        simulator, recipe.num_simulations, seed, progress=progress
+    )
+    simulated = time.perf_counter()
+    theta_np, x_np = drop_invalid(theta_np, x_np)
+    config = network_config(kind, recipe, simulator, x_np)
+    theta = torch.as_tensor(theta_np, dtype=torch.float32)
+    x = torch.as_tensor(x_np, dtype=torch.float32)
+
+    torch.manual_seed(seed)
+    prior = BoxUniform(
+        torch.as_tensor(simulator.lower, dtype=torch.float32),
+        torch.as_tensor(simulator.upper, dtype=torch.float32),
+    )
+    trainer = BatchedNLE(
+        prior=prior,
+        density_estimator=lambda t, xx: build_network(kind, config, t, xx),
+        show_progress_bars=progress,
+        tracker=_NoTracker(),
+    )
+    trainer.epoch_budget = recipe.max_num_epochs
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*mixed neural density.*")
+        # the cosine schedule ends at max_num_epochs by design, not for lack of time
+        warnings.filterwarnings("ignore", message="Maximum number of epochs")
+        net = trainer.append_simulations(theta, x).train(
+            training_batch_size=recipe.training_batch_size,
+            learning_rate=recipe.learning_rate,
+            max_num_epochs=recipe.max_num_epochs,
+            stop_after_epochs=recipe.stop_after_epochs,
+            show_train_summary=False,
+        )
+    net.eval()
+    summary = trainer.summary
+    metadata = {
+        "simulator": simulator.name,
+        "simulator_version": simulator.version,
+        "kind": kind,
+        "parameters": domain_of(simulator),
+        "observables": [
+            {"name": o.name, "kind": o.kind} for o in simulator.observables
+        ],
+        "support": observed_support(simulator, x_np),
+        "network": config,
+        "recipe": {**dataclasses.asdict(recipe), "seed": seed},
+        "training": {
+            "num_simulations": len(x_np),
+            "epochs": int(summary["epochs_trained"][-1]),
+            "best_validation_loss": float(summary["best_validation_loss"][-1]),
+            "simulation_seconds": round(simulated - started, 2),
+            "training_seconds": round(time.perf_counter() - simulated, 2),
+        },
+        "versions": package_versions(),
+    }
+    return TrainedEstimator(
+        net,
+        metadata,
+        theta[:NUM_EXAMPLE_ROWS].clone(),
+        x[:NUM_EXAMPLE_ROWS].clone(),
+        source="trained",
+    )

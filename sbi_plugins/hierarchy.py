@@ -1,0 +1,185 @@
+"""Pooling spec and population priors -> a Pyro model with plates.
+
+Per parameter:
+- "complete": one value shared by all groups, prior = the `mu` hyperprior truncated
+  to the training box;
+- "none": one independent value per group, each with that same prior;
+- "partial": `<p>_mu`, `<p>_sigma` ~ hyperpriors, and each group's value ~ the
+  family(mu, sigma) truncated to the box and renormalized.
+Every group-level value therefore lives in the training box by construction: NUTS
+samples it through the interval's sigmoid transform.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pyro
+import torch
+
+from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
+from sbi_plugins.distributions import TruncatedToBox, as_pyro
+from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.registry import get_registry
+
+if TYPE_CHECKING:
+    from sbi_plugins.likelihoods import Likelihood
+
+POOLING_MODES = ("complete", "none", "partial")
+DEFAULT_FAMILY = "normal"
+
+
+@dataclass(frozen=True)
+class ParameterPlan:
+    """How one parameter enters the model."""
+
+    parameter: Parameter
+    pooling: str
+    prior: PopulationPrior
+    family: PriorFamily
+
+    @property
+    def name(self) -> str:
+        return self.parameter.name
+
+    @property
+    def hyper_names(self) -> list[str]:
+        if self.pooling != "partial":
+            return []
+        return [f"{self.name}_{h}" for h in self.family.hyperparameters]
+
+    @property
+    def grouped(self) -> bool:
+        return self.pooling != "complete"
+
+    def describe(self) -> str:
+        box = f"in [{self.parameter.lower:g}, {self.parameter.upper:g}]"
+        if self.pooling == "partial":
+            return f"{self.name} ~ {self.prior.describe()} {box}"
+        mu = self.prior.hyperpriors["mu"]
+        return f"{self.name} ~ {type(mu).__name__} (the mu hyperprior) {box}"
+
+
+def normalize_pooling(
+    pooling: str | Mapping[str, str], simulator: Simulator, has_groups: bool
+) -> dict[str, str]:
+    """A pooling mode per parameter; a dict may omit parameters (they get partial)."""
+    names = simulator.parameter_names
+    if isinstance(pooling, str):
+        spec = dict.fromkeys(names, pooling)
+    else:
+        unknown = set(pooling) - set(names)
+        if unknown:
+            raise SbiPluginsError(
+                f"pooling names unknown parameters {', '.join(sorted(unknown))}; "
+                f"{simulator.name} has {', '.join(names)}"
+            )
+        spec = {n: pooling.get(n, "partial") for n in names}
+    for name, mode in spec.items():
+        if mode not in POOLING_MODES:
+            raise SbiPluginsError(
+                f"pooling {mode!r} for {name!r} is not one of "
+                f"{', '.join(POOLING_MODES)}"
+            )
+    if not has_groups and any(m != "complete" for m in spec.values()):
+        raise SbiPluginsError(
+            "pooling 'none' and 'partial' need groups: pass group=<column> "
+            "(--group COL), or pooling='complete'"
+        )
+    return spec
+
+
+def plan_parameters(
+    simulator: Simulator,
+    pooling: Mapping[str, str],
+    priors: Mapping[str, PopulationPrior | str] | None = None,
+) -> list[ParameterPlan]:
+    """Choose each parameter's prior: the user's, else the plugin's default, else
+    the normal family with hyperpriors scaled to the training box."""
+    priors = dict(priors or {})
+    unknown = set(priors) - set(simulator.parameter_names)
+    if unknown:
+        raise SbiPluginsError(
+            f"priors name unknown parameters {', '.join(sorted(unknown))}; "
+            f"{simulator.name} has {', '.join(simulator.parameter_names)}"
+        )
+    registry = get_registry()
+    plans = []
+    for parameter in simulator.parameters:
+        prior = priors.get(
+            parameter.name, simulator.population_priors.get(parameter.name)
+        )
+        if prior is None:
+            prior = registry.prior_family(DEFAULT_FAMILY).prior_for(parameter)
+        elif isinstance(prior, str):
+            prior = registry.prior_family(prior).prior_for(parameter)
+        family = registry.prior_family(prior.family)
+        missing = set(family.hyperparameters) - set(prior.hyperpriors)
+        if missing:
+            raise SbiPluginsError(
+                f"prior of {parameter.name!r} lacks hyperpriors for "
+                f"{', '.join(sorted(missing))} (family {family.name!r} needs "
+                f"{', '.join(family.hyperparameters)})"
+            )
+        plans.append(ParameterPlan(parameter, pooling[parameter.name], prior, family))
+    return plans
+
+
+def describe_plans(plans: list[ParameterPlan]) -> str:
+    """JSON of pooling and priors, for InferenceData attrs."""
+    return json.dumps(
+        {p.name: {"pooling": p.pooling, "prior": p.describe()} for p in plans}
+    )
+
+
+class HierarchicalModel:
+    """The Pyro model: group-level parameters in plates, then the likelihood over
+    data rows in a plate of its own."""
+
+    def __init__(self, plans: list[ParameterPlan], num_groups: int, group_dim: str):
+        self.plans = plans
+        self.num_groups = num_groups
+        self.group_dim = group_dim
+
+    def _bounds(self, parameter: Parameter) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.tensor(parameter.lower, dtype=torch.float64),
+            torch.tensor(parameter.upper, dtype=torch.float64),
+        )
+
+    def _sample_plan(self, plan: ParameterPlan, groups: pyro.plate) -> torch.Tensor:
+        low, high = self._bounds(plan.parameter)
+        if plan.pooling == "partial":
+            hyper = {
+                h: pyro.sample(f"{plan.name}_{h}", as_pyro(plan.prior.hyperpriors[h]))
+                for h in plan.family.hyperparameters
+            }
+            population = TruncatedToBox(plan.family.build(**hyper), low, high)
+            with groups:
+                return pyro.sample(plan.name, population)
+        prior = TruncatedToBox(plan.prior.hyperpriors["mu"], low, high)
+        if plan.pooling == "none":
+            with groups:
+                return pyro.sample(plan.name, prior)
+        value = pyro.sample(plan.name, prior)
+        return value.expand(self.num_groups)
+
+    def group_parameters(self) -> torch.Tensor:
+        """Sample every parameter; return the `(groups, parameters)` matrix."""
+        groups = pyro.plate(self.group_dim, self.num_groups, dim=-1)
+        columns = [self._sample_plan(plan, groups) for plan in self.plans]
+        return torch.stack(columns, dim=-1)
+
+    def __call__(
+        self,
+        x: torch.Tensor,
+        group_index: torch.Tensor,
+        likelihood: Likelihood,
+        site: str,
+    ) -> None:
+        theta = self.group_parameters()
+        with pyro.plate("__obs__", x.shape[0], dim=-1):
+            pyro.sample(site, likelihood.rows(theta, group_index), obs=x)

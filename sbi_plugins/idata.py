@@ -1,0 +1,82 @@
+"""Draws, statistics and data -> ArviZ InferenceData with the user's labels."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import arviz as az
+import numpy as np
+
+from sbi_plugins.contract import Simulator
+from sbi_plugins.data import PreparedData
+from sbi_plugins.hierarchy import ParameterPlan
+
+OBS_DIM = "__obs__"
+
+
+def log_likelihood_name(simulator: Simulator) -> str:
+    """One variable for all observables, named as HSSM names it ("rt,response")."""
+    return ",".join(simulator.observable_names)
+
+
+def data_fingerprint(x: np.ndarray) -> str:
+    """A hash of the observations, so `compare` can refuse fits of different data."""
+    return hashlib.sha256(
+        np.ascontiguousarray(x, dtype=np.float64).tobytes()
+    ).hexdigest()
+
+
+def _coord(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values)
+    return values.astype(str) if values.dtype == object else values
+
+
+def build_inference_data(
+    *,
+    posterior: dict[str, np.ndarray],
+    sample_stats: dict[str, np.ndarray],
+    log_likelihood: np.ndarray,
+    posterior_predictive: dict[str, np.ndarray] | None,
+    data: PreparedData,
+    simulator: Simulator,
+    plans: list[ParameterPlan],
+    attrs: dict[str, Any],
+) -> az.InferenceData:
+    """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...)."""
+    group_dim = data.group_dim
+    dims: dict[str, list[str]] = {
+        plan.name: [group_dim] for plan in plans if plan.grouped
+    }
+    observed = {name: data.x[:, j] for j, name in enumerate(simulator.observable_names)}
+    for name in simulator.observable_names:
+        dims[name] = [OBS_DIM]
+    lik_name = log_likelihood_name(simulator)
+    dims[lik_name] = [OBS_DIM]
+    constant = {f"{group_dim}_idx": data.group_index}
+    dims[f"{group_dim}_idx"] = [OBS_DIM]
+    coords = {group_dim: _coord(data.group_labels), OBS_DIM: _coord(data.row_labels)}
+    attrs = {
+        **attrs,
+        "data_fingerprint": data_fingerprint(data.x),
+        "inference_library": "pyro",
+        "creation_library": "sbi-plugins",
+    }
+    attrs = {
+        k: v if isinstance(v, (str, int, float)) else json.dumps(v)
+        for k, v in attrs.items()
+    }
+    groups: dict[str, Any] = {
+        "posterior": posterior,
+        "sample_stats": sample_stats,
+        "log_likelihood": {lik_name: log_likelihood},
+        "observed_data": observed,
+        "constant_data": constant,
+    }
+    if posterior_predictive is not None:
+        groups["posterior_predictive"] = posterior_predictive
+    idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+    for group in idata.groups():
+        idata[group].attrs.update(attrs)
+    return idata

@@ -1,0 +1,310 @@
+"""A trained estimator as a Pyro distribution, guarded by its training domain.
+
+Built on `sbi.utils.pyroutils.to_pyro_distribution`. The guard matters: a learned
+likelihood is only defined where it was trained, and outside that box the network
+extrapolates without warning. So parameters outside the box get log-prob -inf (NUTS
+rejects them), and observations outside the support seen in training raise an error
+before any sampling starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from sbi.utils.pyroutils import to_pyro_distribution
+from torch.distributions import constraints
+
+from sbi_plugins.contract import Simulator
+from sbi_plugins.errors import DataError, SbiPluginsError
+from sbi_plugins.estimators.artifact import TrainedEstimator
+
+
+def describe_rows(
+    mask: np.ndarray, labels: np.ndarray | None = None, limit: int = 8
+) -> str:
+    """'rows 3, 17 and 2 more': which rows are bad, named by their index labels."""
+    rows = np.flatnonzero(mask)
+    names = [str(labels[i] if labels is not None else i) for i in rows[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    word = "row" if len(rows) == 1 else "rows"
+    return f"{word} {', '.join(names)}{more}"
+
+
+def encode_choices(simulator: Simulator, x: torch.Tensor) -> torch.Tensor:
+    """Choice codes (e.g. -1/1) become the category indices (0/1) estimators use."""
+    columns = []
+    for j, obs in enumerate(simulator.observables):
+        column = x[..., j]
+        if obs.kind == "choice":
+            codes = torch.tensor(obs.codes, dtype=x.dtype)
+            column = (column[..., None] == codes).float().argmax(-1).to(x.dtype)
+        columns.append(column)
+    return torch.stack(columns, dim=-1)
+
+
+def check_observations(
+    simulator: Simulator,
+    estimator: TrainedEstimator | None,
+    x: np.ndarray,
+    labels: np.ndarray | None = None,
+) -> None:
+    """Raise a DataError naming the rows whose values the likelihood cannot score:
+    outside the observable's support, or (for a learned one) outside what training
+    ever produced."""
+    for j, obs in enumerate(simulator.observables):
+        column = np.asarray(x[:, j], dtype=float)
+        bad = ~np.isfinite(column)
+        if bad.any():
+            raise DataError(
+                f"column {obs.name!r} has missing or non-finite values at "
+                f"{describe_rows(bad, labels)}; drop or fix those rows"
+            )
+        if obs.kind == "count":
+            bad = (column < 0) | (column != np.round(column))
+            if bad.any():
+                raise DataError(
+                    f"column {obs.name!r} holds counts, but has negative or "
+                    f"non-integer values at {describe_rows(bad, labels)}"
+                )
+        elif obs.kind == "choice":
+            bad = ~np.isin(column, obs.codes)
+            if bad.any():
+                raise DataError(
+                    f"column {obs.name!r} accepts codes "
+                    f"{', '.join(f'{c:g}' for c in obs.codes)}; other values at "
+                    f"{describe_rows(bad, labels)}"
+                )
+        bad = (column < obs.lower) | (column > obs.upper)
+        if obs.kind == "continuous":
+            bad = (column <= obs.lower) | (column >= obs.upper)
+        if bad.any():
+            raise DataError(
+                f"column {obs.name!r} must lie in ({obs.lower:g}, {obs.upper:g}); "
+                f"values outside at {describe_rows(bad, labels)}"
+            )
+        if estimator is None or obs.kind == "choice":
+            continue
+        low, high = estimator.support[obs.name]
+        bad = (column < low) | (column > high)
+        if bad.any():
+            raise DataError(
+                f"column {obs.name!r}: values at {describe_rows(bad, labels)} lie "
+                f"outside [{low:g}, {high:g}], the range the {simulator.name} "
+                "estimator saw in training, so it cannot score them; retrain on a "
+                "wider parameter domain (`sbi-plugins train`) or check the data"
+            )
+
+
+class GuardedDistribution(dist.TorchDistribution):
+    """log p(x | theta), -inf where theta leaves the training box.
+
+    `score(theta, x)` does the work; theta is clamped into the box before it is
+    scored so the network never sees (and never propagates NaN from) the outside.
+    """
+
+    arg_constraints: dict = {}
+
+    def __init__(
+        self,
+        score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        theta: torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
+        event_shape: torch.Size,
+        check: Callable[[torch.Tensor], None] | None = None,
+        sampler: Callable[[torch.Tensor, torch.Size], torch.Tensor] | None = None,
+    ):
+        self.theta, self.low, self.high = theta, low, high
+        self._score, self._check, self._sampler = score, check, sampler
+        self.inside = ((theta >= low) & (theta <= high)).all(-1)
+        super().__init__(theta.shape[:-1], event_shape, validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self):
+        return constraints.independent(constraints.real, 1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        if self._check is not None and not torch.jit.is_tracing():
+            self._check(x)
+        safe = torch.minimum(torch.maximum(self.theta, self.low), self.high)
+        lp = self._score(safe, x)
+        return torch.where(self.inside, lp, torch.full_like(lp, -math.inf))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        if self._sampler is None:
+            raise NotImplementedError("this likelihood cannot sample")
+        return self._sampler(self.theta, torch.Size(sample_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        theta = self.theta.expand(*batch_shape, self.theta.shape[-1])
+        return GuardedDistribution(
+            self._score,
+            theta,
+            self.low,
+            self.high,
+            self.event_shape,
+            self._check,
+            self._sampler,
+        )
+
+
+class GroupedRows(dist.TorchDistribution):
+    """Data rows whose parameters are their group's: `theta` is `(groups, params)`,
+    `group_index` maps each row to its group. Scoring goes through
+    `Likelihood.log_prob_grouped`, which may evaluate the network once per group
+    rather than once per row; a group outside the training box scores -inf."""
+
+    arg_constraints: dict = {}
+
+    def __init__(
+        self,
+        likelihood: Likelihood,
+        theta: torch.Tensor,
+        group_index: torch.Tensor,
+    ):
+        self.likelihood, self.theta, self.group_index = likelihood, theta, group_index
+        low, high = likelihood.low.to(theta.dtype), likelihood.high.to(theta.dtype)
+        self.inside = ((theta >= low) & (theta <= high)).all(-1)[..., group_index]
+        self.safe = torch.minimum(torch.maximum(theta, low), high)
+        super().__init__(group_index.shape, likelihood.event_shape, validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=1)
+    def support(self):
+        return constraints.independent(constraints.real, 1)
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        lp = self.likelihood.log_prob_grouped(self.safe, self.group_index, x)
+        return torch.where(self.inside, lp, torch.full_like(lp, -math.inf))
+
+
+def _frozen(net: torch.nn.Module) -> torch.nn.Module:
+    """A copy without weight gradients: inference never needs them, NUTS's JIT
+    cannot trace weights that require them, and backward passes get cheaper."""
+    frozen = copy.deepcopy(net).eval()
+    for parameter in frozen.parameters():
+        parameter.requires_grad_(False)
+    return frozen
+
+
+class Likelihood:
+    """`theta -> Pyro distribution over one data row`, learned or exact.
+
+    Call it inside your own Pyro model, as the EuroSciPy 2025 talk's `SBItoPyro` did:
+    `pyro.sample("x", lik(theta), obs=x)`. Theta has shape `(..., n_parameters)`, x
+    `(..., n_observables)` in the data's own codes.
+    """
+
+    def __init__(self, simulator: Simulator, estimator: TrainedEstimator | None = None):
+        self.simulator = simulator
+        self.estimator = estimator
+        self.exact = estimator is None
+        self._net = None if self.exact else _frozen(estimator.net)
+        self._count_table = (
+            not self.exact
+            and estimator.kind == "categorical"
+            and len(simulator.observables) == 1
+        )
+        if self.exact and simulator.log_likelihood is None:
+            raise SbiPluginsError(
+                f"simulator {simulator.name!r} has no exact log-likelihood; use the "
+                "neural one"
+            )
+        self.low = torch.tensor(simulator.lower, dtype=torch.float64)
+        self.high = torch.tensor(simulator.upper, dtype=torch.float64)
+        self.event_shape = torch.Size([len(simulator.observables)])
+        self._checked: set[tuple] = set()
+
+    @property
+    def name(self) -> str:
+        return "exact" if self.exact else "neural"
+
+    def log_prob(self, theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x | theta) for theta inside the box, broadcasting leading dims."""
+        if self.exact:
+            return self.simulator.log_likelihood(theta, x.to(theta.dtype))
+        batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
+        theta = theta.expand(*batch, theta.shape[-1])
+        x = encode_choices(self.simulator, x.expand(*batch, x.shape[-1]).float())
+        base = to_pyro_distribution(self._net, theta.float())
+        return base.log_prob(x).to(theta.dtype)
+
+    def log_prob_grouped(
+        self, theta: torch.Tensor, group_index: torch.Tensor, x: torch.Tensor
+    ) -> torch.Tensor:
+        """log p(row | its group's theta) for `theta` of shape `(..., groups, P)`.
+
+        A categorical estimator of one count gives every count's probability in one
+        pass, so the network runs once per group and rows pick from that table:
+        the same numbers as scoring each row, at a fraction of the cost.
+        """
+        if self._count_table:
+            made = self._net.net
+            flat = theta.reshape(-1, theta.shape[-1]).float()
+            logits = made.forward(torch.zeros(len(flat), 1), condition=flat)
+            table = torch.log_softmax(logits, dim=-1).reshape(*theta.shape[:-1], -1)
+            counts = x[..., 0].long().expand(*theta.shape[:-2], len(group_index))
+            rows = table[..., group_index, :]
+            return rows.gather(-1, counts[..., None])[..., 0].to(theta.dtype)
+        return self.log_prob(theta[..., group_index, :], x)
+
+    def rows(self, theta: torch.Tensor, group_index: torch.Tensor) -> GroupedRows:
+        """The distribution of all data rows given per-group parameters."""
+        return GroupedRows(self, theta, group_index)
+
+    def _check(self, x: torch.Tensor) -> None:
+        key = (x.data_ptr(), tuple(x.shape), x._version)
+        if key in self._checked:
+            return
+        flat = x.detach().reshape(-1, x.shape[-1]).cpu().numpy()
+        check_observations(self.simulator, self.estimator, flat)
+        self._checked.add(key)
+
+    def _sample(self, theta: torch.Tensor, sample_shape: torch.Size) -> torch.Tensor:
+        """Draws come from the simulator itself, not from the network."""
+        n = int(np.prod(sample_shape)) if len(sample_shape) else 1
+        flat = theta.detach().reshape(-1, theta.shape[-1]).cpu().numpy()
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        x = self.simulator.simulate(
+            np.repeat(flat[None], n, 0).reshape(-1, flat.shape[1]), rng
+        )
+        shape = (*sample_shape, *theta.shape[:-1], x.shape[-1])
+        return torch.as_tensor(np.asarray(x), dtype=theta.dtype).reshape(shape)
+
+    def __call__(self, theta: torch.Tensor) -> GuardedDistribution:
+        theta = torch.as_tensor(theta)
+        if not theta.is_floating_point():
+            theta = theta.double()
+        return GuardedDistribution(
+            self.log_prob,
+            theta,
+            self.low.to(theta.dtype),
+            self.high.to(theta.dtype),
+            self.event_shape,
+            check=self._check,
+            sampler=self._sample,
+        )
+
+
+def likelihood(
+    simulator: Simulator | str,
+    estimator: TrainedEstimator | str | None = None,
+    *,
+    exact: bool = False,
+    progress: bool = True,
+) -> Likelihood:
+    """The learned (or, with `exact=True`, the plugin's exact) likelihood of a
+    simulator as `theta -> Pyro distribution`, guarded by the training domain."""
+    from sbi_plugins.estimators import resolve_estimator
+    from sbi_plugins.registry import get_simulator
+
+    simulator = get_simulator(simulator)
+    if exact:
+        return Likelihood(simulator)
+    return Likelihood(
+        simulator, resolve_estimator(simulator, estimator, progress=progress)
+    )

@@ -1,0 +1,331 @@
+"""Plugin discovery and fault isolation.
+
+Plugins load lazily from the `sbi_plugins` entry-point group. A plugin that fails to
+import, or whose hook raises or registers something invalid, is skipped with a warning
+that names it; the others load. `SBI_PLUGINS_LOAD_PLUGINS` (comma-separated plugin or
+distribution names, empty for none) restricts what loads, as `LLM_LOAD_PLUGINS` does;
+`SBI_PLUGINS_STRICT=1` turns every loading failure into an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any
+
+import pluggy
+
+from sbi_plugins import hookspecs
+from sbi_plugins.contract import (
+    CONTRACT_VERSION,
+    EstimatorArtifact,
+    PriorFamily,
+    Simulator,
+)
+from sbi_plugins.errors import ContractError, PluginError
+
+ENTRY_POINT_GROUP = "sbi_plugins"
+LOAD_PLUGINS_ENV = "SBI_PLUGINS_LOAD_PLUGINS"
+STRICT_ENV = "SBI_PLUGINS_STRICT"
+DEFAULT_PLUGINS = ("sbi_plugins.default_plugins.priors",)
+SUPPORTED_CONTRACT_VERSIONS = (CONTRACT_VERSION,)
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin was skipped; the others still work."""
+
+
+@dataclass
+class PluginInfo:
+    """What `list_plugins()` reports for one plugin."""
+
+    name: str
+    distribution: str | None = None
+    version: str | None = None
+    simulators: list[str] = field(default_factory=list)
+    priors: list[str] = field(default_factory=list)
+    estimators: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+@dataclass
+class _Catalog:
+    """Everything the loaded plugins registered, with who registered it."""
+
+    simulators: dict[str, Simulator] = field(default_factory=dict)
+    simulator_owner: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)
+    priors: dict[str, PriorFamily] = field(default_factory=dict)
+    estimators: dict[str, list[EstimatorArtifact]] = field(default_factory=dict)
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+
+
+def _strict() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def _allowed_names() -> set[str] | None:
+    raw = os.environ.get(LOAD_PLUGINS_ENV)
+    if raw is None:
+        return None
+    return {n.strip() for n in raw.split(",") if n.strip()}
+
+
+class Registry:
+    """A pluggy PluginManager plus the catalog its hooks produced."""
+
+    def __init__(self, *, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        self.pm.add_hookspecs(hookspecs)
+        self._load_entry_points = load_entry_points
+        self._loaded = False
+        self._info: dict[str, PluginInfo] = {}
+        self._catalog: _Catalog | None = None
+
+    # -- loading -----------------------------------------------------------------
+
+    def _fail(self, info: PluginInfo, message: str) -> None:
+        info.errors.append(message)
+        if _strict():
+            raise PluginError(
+                f"plugin {info.name!r} failed: {message} ({STRICT_ENV} is set)"
+            )
+        warnings.warn(
+            f"sbi-plugins: skipped plugin {info.name!r}: {message}",
+            PluginLoadWarning,
+            stacklevel=4,
+        )
+
+    def _ensure_loaded(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        import importlib
+
+        for module_name in DEFAULT_PLUGINS:
+            self.pm.register(importlib.import_module(module_name), name=module_name)
+            self._info[module_name] = PluginInfo(
+                module_name, "sbi-plugins", _version("sbi-plugins")
+            )
+        if self._load_entry_points:
+            self._load_from_entry_points()
+
+    def _load_from_entry_points(self) -> None:
+        allowed = _allowed_names()
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            dist = ep.dist.name if ep.dist else None
+            if allowed is not None and not ({ep.name, dist} & allowed):
+                continue
+            if self.pm.has_plugin(ep.name):
+                continue
+            info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else None)
+            self._info[ep.name] = info
+            try:
+                module = ep.load()
+                self.pm.register(module, name=ep.name)
+            except Exception as exc:
+                self._fail(info, f"import failed: {type(exc).__name__}: {exc}")
+
+    def register(self, plugin: object, name: str | None = None) -> str:
+        """Register a plugin object (a module or any object with hookimpls)."""
+        self._ensure_loaded()
+        name = name or getattr(plugin, "__name__", None) or repr(plugin)
+        self.pm.register(plugin, name=name)
+        self._info[name] = PluginInfo(name)
+        self._catalog = None
+        return name
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self._info.pop(name, None)
+        self._catalog = None
+
+    @contextlib.contextmanager
+    def plugin(self, plugin: object, name: str | None = None) -> Iterator[str]:
+        """Register `plugin` for the duration of a `with` block (tests use this)."""
+        registered = self.register(plugin, name)
+        try:
+            yield registered
+        finally:
+            self.unregister(registered)
+
+    # -- collecting registrations ----------------------------------------------
+
+    def _catalog_now(self) -> _Catalog:
+        self._ensure_loaded()
+        if self._catalog is not None:
+            return self._catalog
+        catalog = _Catalog()
+        for name, info in self._info.items():
+            fresh = PluginInfo(info.name, info.distribution, info.version)
+            fresh.errors = [e for e in info.errors if e.startswith("import failed")]
+            catalog.plugins[name] = fresh
+        self._call_hook("register_priors", catalog, self._add_prior)
+        self._call_hook("register_simulators", catalog, self._add_simulator)
+        self._call_hook("register_estimators", catalog, self._add_estimator)
+        self._catalog = catalog
+        return catalog
+
+    def _call_hook(
+        self,
+        hook_name: str,
+        catalog: _Catalog,
+        add: Callable[[_Catalog, PluginInfo, Any], None],
+    ) -> None:
+        """Call each plugin's implementation on its own so one failure stays local."""
+        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+            info = catalog.plugins.setdefault(
+                impl.plugin_name, PluginInfo(impl.plugin_name)
+            )
+
+            def register(obj: Any, _info: PluginInfo = info) -> None:
+                try:
+                    add(catalog, _info, obj)
+                except ContractError as exc:
+                    self._fail(_info, str(exc))
+
+            try:
+                impl.function(register=register)
+            except PluginError:
+                raise
+            except Exception as exc:
+                self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
+
+    @staticmethod
+    def _add_prior(catalog: _Catalog, info: PluginInfo, family: Any) -> None:
+        if not isinstance(family, PriorFamily):
+            raise ContractError(
+                f"register_priors got {type(family).__name__}, expected PriorFamily"
+            )
+        catalog.priors[family.name] = family
+        info.priors.append(family.name)
+
+    def _add_simulator(self, catalog: _Catalog, info: PluginInfo, sim: Any) -> None:
+        if not isinstance(sim, Simulator):
+            raise ContractError(
+                f"register_simulators got {type(sim).__name__}, expected Simulator"
+            )
+        if sim.contract_version not in SUPPORTED_CONTRACT_VERSIONS:
+            raise ContractError(
+                f"simulator {sim.name!r} targets plugin contract version "
+                f"{sim.contract_version}; this sbi-plugins supports "
+                f"{', '.join(map(str, SUPPORTED_CONTRACT_VERSIONS))}: upgrade one of "
+                "the two"
+            )
+        sim.validate()
+        for pname, prior in sim.population_priors.items():
+            if prior.family not in catalog.priors:
+                raise ContractError(
+                    f"simulator {sim.name!r}: prior family {prior.family!r} of "
+                    f"{pname!r} is not registered (known: {', '.join(catalog.priors)})"
+                )
+        if sim.name in catalog.simulators:
+            catalog.conflicts.setdefault(
+                sim.name, [catalog.simulator_owner[sim.name]]
+            ).append(info.name)
+        else:
+            catalog.simulators[sim.name] = sim
+            catalog.simulator_owner[sim.name] = info.name
+        info.simulators.append(sim.name)
+
+    @staticmethod
+    def _add_estimator(catalog: _Catalog, info: PluginInfo, art: Any) -> None:
+        if not isinstance(art, EstimatorArtifact):
+            raise ContractError(
+                f"register_estimators got {type(art).__name__}, "
+                "expected EstimatorArtifact"
+            )
+        catalog.estimators.setdefault(art.simulator, []).append(art)
+        info.estimators.append(f"{art.simulator}:{art.recipe}")
+
+    # -- queries ---------------------------------------------------------------
+
+    def plugins(self) -> list[PluginInfo]:
+        return list(self._catalog_now().plugins.values())
+
+    def simulator_names(self) -> list[str]:
+        return sorted(self._catalog_now().simulators)
+
+    def simulator(self, name: str | Simulator) -> Simulator:
+        """Look a simulator up by name; a Simulator object passes through."""
+        if isinstance(name, Simulator):
+            return name
+        catalog = self._catalog_now()
+        if name in catalog.conflicts:
+            owners = [self._describe_owner(catalog, p) for p in catalog.conflicts[name]]
+            raise PluginError(
+                f"simulator {name!r} is registered by more than one plugin: "
+                f"{' and '.join(owners)}. Uninstall one, or load only one with "
+                f"{LOAD_PLUGINS_ENV}=<name>"
+            )
+        if name not in catalog.simulators:
+            known = ", ".join(sorted(catalog.simulators)) or "none"
+            raise PluginError(
+                f"unknown simulator {name!r}; installed simulators: {known}. "
+                "`sbi-plugins list` shows plugins and loading failures"
+            )
+        return catalog.simulators[name]
+
+    @staticmethod
+    def _describe_owner(catalog: _Catalog, plugin_name: str) -> str:
+        info = catalog.plugins.get(plugin_name)
+        if info and info.distribution:
+            return f"distribution {info.distribution} {info.version} ({plugin_name})"
+        return f"plugin {plugin_name!r}"
+
+    def prior_family(self, name: str) -> PriorFamily:
+        families = self._catalog_now().priors
+        if name not in families:
+            raise PluginError(
+                f"unknown population prior family {name!r}; registered: "
+                f"{', '.join(sorted(families))}"
+            )
+        return families[name]
+
+    def estimator_artifacts(self, simulator: str) -> list[EstimatorArtifact]:
+        return list(self._catalog_now().estimators.get(simulator, []))
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+_registry = Registry()
+
+
+def get_registry() -> Registry:
+    return _registry
+
+
+@contextlib.contextmanager
+def isolated_registry(*, load_entry_points: bool = False) -> Iterator[Registry]:
+    """Swap in a fresh registry (only built-ins unless asked) for a test."""
+    global _registry
+    previous, _registry = _registry, Registry(load_entry_points=load_entry_points)
+    try:
+        yield _registry
+    finally:
+        _registry = previous
+
+
+def list_plugins() -> list[PluginInfo]:
+    """Every plugin with its distribution, what it registers and why it failed."""
+    return get_registry().plugins()
+
+
+def get_simulator(name: str | Simulator) -> Simulator:
+    return get_registry().simulator(name)

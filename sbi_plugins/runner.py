@@ -1,0 +1,226 @@
+"""data -> hierarchical Pyro model -> NUTS -> InferenceData."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import torch
+
+from sbi_plugins.contract import PopulationPrior, Simulator
+from sbi_plugins.data import PreparedData, prepare_data
+from sbi_plugins.errors import DomainWarning, SbiPluginsError
+from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
+from sbi_plugins.hierarchy import (
+    HierarchicalModel,
+    ParameterPlan,
+    describe_plans,
+    normalize_pooling,
+    plan_parameters,
+)
+from sbi_plugins.idata import build_inference_data, log_likelihood_name
+from sbi_plugins.likelihoods import Likelihood, check_observations
+from sbi_plugins.registry import get_simulator
+from sbi_plugins.sampling import run_nuts
+from sbi_plugins.versions import package_versions
+
+ROWS_PER_BATCH = 200_000
+"""Draw x row evaluations per batch when scoring or simulating after sampling."""
+
+EDGE_FRACTION = 0.01
+"""Draws within this fraction of the box width from a bound count as 'at the edge'."""
+
+
+def fit(
+    data: pd.DataFrame | str | Path,
+    simulator: str | Simulator,
+    *,
+    group: str | None = None,
+    pooling: str | Mapping[str, str] = "partial",
+    priors: Mapping[str, PopulationPrior | str] | None = None,
+    estimator: TrainedEstimator | str | Path | None = None,
+    likelihood: str = "neural",
+    draws: int = 1000,
+    tune: int = 1000,
+    chains: int = 4,
+    seed: int | None = None,
+    progress: bool = True,
+    cores: int | None = None,
+    target_accept: float = 0.8,
+    posterior_predictive: bool = True,
+) -> az.InferenceData:
+    """Fit a simulator's hierarchical model to data with NUTS.
+
+    `pooling` is "complete", "none", "partial" or a dict per parameter. With
+    `likelihood="exact"` the plugin's exact log-likelihood replaces the learned one
+    in the very same model: the reference a neural fit is held to.
+    """
+    sim = get_simulator(simulator)
+    if likelihood not in ("neural", "exact"):
+        raise SbiPluginsError(
+            f"likelihood must be 'neural' or 'exact', got {likelihood!r}"
+        )
+    if min(draws, chains) < 1 or tune < 0:
+        raise SbiPluginsError("draws and chains must be at least 1, tune at least 0")
+    prepared = prepare_data(data, sim, group)
+    plans = plan_parameters(
+        sim, normalize_pooling(pooling, sim, group is not None), priors
+    )
+    if likelihood == "exact":
+        lik = Likelihood(sim)
+    else:
+        lik = Likelihood(sim, resolve_estimator(sim, estimator, progress=progress))
+    check_observations(sim, lik.estimator, prepared.x, prepared.row_labels)
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+
+    model = HierarchicalModel(plans, prepared.num_groups, prepared.group_dim)
+    site = log_likelihood_name(sim)
+    model_kwargs = {
+        "x": torch.as_tensor(prepared.x, dtype=torch.float64),
+        "group_index": torch.as_tensor(prepared.group_index),
+        "likelihood": lik,
+        "site": site,
+    }
+    results = run_nuts(
+        model,
+        model_kwargs,
+        draws=draws,
+        tune=tune,
+        chains=chains,
+        seed=seed,
+        progress=progress,
+        cores=cores,
+        target_accept=target_accept,
+    )
+    posterior = _stack([r.samples for r in results])
+    theta = group_parameter_draws(posterior, plans, prepared.num_groups)
+    edge_warnings = warn_at_domain_edges(posterior, plans, prepared)
+    rng = np.random.default_rng([seed, 1])
+    attrs = {
+        "simulator": sim.name,
+        "simulator_version": sim.version,
+        "likelihood": likelihood,
+        "estimator_checksum": "" if lik.exact else lik.estimator.checksum,
+        "estimator_source": "" if lik.exact else lik.estimator.source,
+        "pooling": json.dumps({p.name: p.pooling for p in plans}),
+        "priors": describe_plans(plans),
+        "group": prepared.group or "",
+        "seed": seed,
+        "draws": draws,
+        "tune": tune,
+        "chains": chains,
+        "versions": json.dumps(package_versions()),
+        "domain_warnings": json.dumps(edge_warnings),
+    }
+    return build_inference_data(
+        posterior=posterior,
+        sample_stats=_stack([r.stats for r in results]),
+        log_likelihood=pointwise_log_likelihood(lik, theta, prepared),
+        posterior_predictive=(
+            simulate_predictive(sim, theta, prepared, rng)
+            if posterior_predictive
+            else None
+        ),
+        data=prepared,
+        simulator=sim,
+        plans=plans,
+        attrs=attrs,
+    )
+
+
+def _stack(per_chain: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.stack([chain[k] for chain in per_chain]) for k in per_chain[0]}
+
+
+def group_parameter_draws(
+    posterior: dict[str, np.ndarray], plans: list[ParameterPlan], num_groups: int
+) -> np.ndarray:
+    """(chain, draw, group, parameter): every group's parameter vector per draw."""
+    columns = []
+    for plan in plans:
+        values = posterior[plan.name]
+        if not plan.grouped:
+            values = np.broadcast_to(values[..., None], (*values.shape, num_groups))
+        columns.append(values)
+    return np.stack(columns, axis=-1)
+
+
+def _draw_batches(num_draws: int, num_rows: int) -> list[slice]:
+    size = max(1, ROWS_PER_BATCH // max(num_rows, 1))
+    return [slice(i, i + size) for i in range(0, num_draws, size)]
+
+
+def pointwise_log_likelihood(
+    lik: Likelihood, theta: np.ndarray, data: PreparedData
+) -> np.ndarray:
+    """log p(row | its group's parameters) for every draw and row: what LOO needs."""
+    chains, draws = theta.shape[:2]
+    flat = theta.reshape(chains * draws, *theta.shape[2:])
+    x = torch.as_tensor(data.x, dtype=torch.float64)
+    out = np.empty((chains * draws, len(data.x)))
+    with torch.no_grad():
+        for batch in _draw_batches(len(flat), len(data.x)):
+            rows = torch.as_tensor(
+                flat[batch][:, data.group_index, :], dtype=torch.float64
+            )
+            out[batch] = lik.log_prob(rows, x).numpy()
+    return out.reshape(chains, draws, len(data.x))
+
+
+def simulate_predictive(
+    simulator: Simulator,
+    theta: np.ndarray,
+    data: PreparedData,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """One simulated trial per draw and data row, from the simulator itself (not the
+    network): that is what checks the network."""
+    chains, draws = theta.shape[:2]
+    flat = theta.reshape(chains * draws, *theta.shape[2:])
+    n_rows = len(data.x)
+    out = np.empty((chains * draws, n_rows, len(simulator.observables)))
+    for batch in _draw_batches(len(flat), n_rows):
+        rows = flat[batch][:, data.group_index, :]
+        sims = np.asarray(simulator.simulate(rows.reshape(-1, rows.shape[-1]), rng))
+        out[batch] = sims.reshape(rows.shape[0], n_rows, -1)
+    out = out.reshape(chains, draws, n_rows, -1)
+    return {name: out[..., j] for j, name in enumerate(simulator.observable_names)}
+
+
+def warn_at_domain_edges(
+    posterior: dict[str, np.ndarray], plans: list[ParameterPlan], data: PreparedData
+) -> list[str]:
+    """Warn when more than 1% of a parameter's draws sit within 1% of the box width
+    of a bound: the data want values the estimator was not trained on."""
+    messages = []
+    for plan in plans:
+        p = plan.parameter
+        values = posterior[plan.name]
+        values = values.reshape(-1, values.shape[-1] if plan.grouped else 1)
+        labels = data.group_labels if plan.grouped else np.array(["(pooled)"])
+        margin = EDGE_FRACTION * p.width
+        for side, near in (
+            ("lower", values <= p.lower + margin),
+            ("upper", values >= p.upper - margin),
+        ):
+            share = near.mean(axis=0)
+            crowded = np.flatnonzero(share > EDGE_FRACTION)
+            if not len(crowded):
+                continue
+            where = ", ".join(f"{labels[i]} ({share[i]:.0%})" for i in crowded[:5])
+            bound = p.lower if side == "lower" else p.upper
+            message = (
+                f"posterior draws of {p.name!r} pile up at the {side} bound {bound:g} "
+                f"of the training domain [{p.lower:g}, {p.upper:g}] for {where}: the "
+                "data want values the estimator was not trained on. Retrain on a "
+                "wider domain, or check the data and the model"
+            )
+            warnings.warn(message, DomainWarning, stacklevel=3)
+            messages.append(message)
+    return messages

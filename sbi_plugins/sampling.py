@@ -1,0 +1,262 @@
+"""Pyro NUTS, one chain per process, with per-chain progress bars and seeds.
+
+Each chain has its own seed derived from the fit's seed, so a chain's draws are the
+same whether chains run in parallel processes or one after another. Processes are
+forked (the model, data and estimator are inherited, nothing is pickled) and each
+uses one torch thread, as PyTorch's DataLoader workers do.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+from pyro.infer import MCMC, NUTS
+from tqdm.auto import tqdm
+
+PROGRESS_EVERY = 25
+
+
+@dataclass
+class ChainResult:
+    """Constrained draws and per-draw sampler statistics of one chain."""
+
+    samples: dict[str, np.ndarray]
+    stats: dict[str, np.ndarray]
+
+
+class RecordingNUTS(NUTS):
+    """NUTS that records, per iteration, what ArviZ's sample_stats want: divergence,
+    log density, step size, leapfrog steps, tree depth and acceptance."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.records: list[dict[str, float]] = []
+
+    def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        potential = self.potential_fn
+        calls = 0
+
+        def counting(z: dict[str, torch.Tensor]) -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            return potential(z)
+
+        step_size = self.step_size
+        divergences = len(self._divergences)
+        mean_accept = self._mean_accept_prob
+        self.potential_fn = counting
+        try:
+            z = super().sample(params)
+        finally:
+            self.potential_fn = potential
+        n = self._t - self._warmup_steps if self._t > self._warmup_steps else self._t
+        self.records.append(
+            {
+                "diverging": float(len(self._divergences) > divergences),
+                "lp": -float(self._potential_energy_last),
+                "step_size": float(step_size),
+                "n_steps": float(calls),
+                "tree_depth": float(math.floor(math.log2(calls)) + 1 if calls else 0),
+                "acceptance_rate": float(
+                    n * self._mean_accept_prob - (n - 1) * mean_accept
+                )
+                if n > 1
+                else float(self._mean_accept_prob),
+            }
+        )
+        return z
+
+
+def chain_seeds(seed: int, chains: int) -> list[int]:
+    return [
+        int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(chains)
+    ]
+
+
+@dataclass
+class _Job:
+    model: Callable[..., None]
+    model_kwargs: dict[str, Any]
+    draws: int
+    tune: int
+    target_accept: float
+    max_tree_depth: int
+    jit: bool
+
+
+_JOB: _Job | None = None
+
+
+def _run_chain(
+    job: _Job, chain: int, seed: int, report: Callable[[int, int], None] | None
+) -> ChainResult:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _sample_chain(job, chain, seed, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sample_chain(
+    job: _Job, chain: int, seed: int, report: Callable[[int, int], None] | None
+) -> ChainResult:
+    """One chain on one thread: multi-threaded reductions would sum in another
+    order, and NUTS would amplify the last bit into other draws."""
+    pyro.set_rng_seed(seed)
+    pyro.clear_param_store()
+    kernel = RecordingNUTS(
+        job.model,
+        target_accept_prob=job.target_accept,
+        max_tree_depth=job.max_tree_depth,
+        jit_compile=job.jit,
+        ignore_jit_warnings=True,
+        full_mass=False,
+    )
+    total = job.draws + job.tune
+
+    def hook(_kernel: Any, _sample: Any, _stage: Any, i: int) -> None:
+        done = _kernel._t
+        if report is not None and (done % PROGRESS_EVERY == 0 or done == total):
+            report(chain, done)
+
+    mcmc = MCMC(
+        kernel,
+        num_samples=job.draws,
+        warmup_steps=job.tune,
+        num_chains=1,
+        disable_progbar=True,
+        hook_fn=hook,
+    )
+    with warnings.catch_warnings():
+        # Pyro's jit_compile uses torch.jit.trace, which torch now flags as deprecated
+        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        mcmc.run(**job.model_kwargs)
+    samples = {k: v.detach().cpu().numpy() for k, v in mcmc.get_samples().items()}
+    records = kernel.records[job.tune :]
+    stats = (
+        {k: np.array([r[k] for r in records]) for k in records[0]} if records else {}
+    )
+    return ChainResult(samples, stats)
+
+
+def _worker(chain: int, seed: int, results: Any, progress: Any) -> None:
+    try:
+        result = _run_chain(_JOB, chain, seed, lambda c, d: progress.put((c, d)))
+        results.put((chain, result, None))
+    except BaseException as exc:  # reported to the parent, which re-raises
+        results.put((chain, None, f"{type(exc).__name__}: {exc}"))
+
+
+def run_nuts(
+    model: Callable[..., None],
+    model_kwargs: dict[str, Any],
+    *,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    progress: bool = True,
+    cores: int | None = None,
+    target_accept: float = 0.8,
+    max_tree_depth: int = 10,
+    jit: bool = True,
+) -> list[ChainResult]:
+    """Run `chains` NUTS chains, in parallel processes where cores allow."""
+    global _JOB
+    job = _Job(model, model_kwargs, draws, tune, target_accept, max_tree_depth, jit)
+    seeds = chain_seeds(seed, chains)
+    cores = min(chains, cores or os.cpu_count() or 1)
+    bars = [
+        tqdm(
+            total=draws + tune,
+            desc=f"chain {c}",
+            position=c,
+            leave=True,
+            disable=not progress,
+            unit="it",
+        )
+        for c in range(chains)
+    ]
+    try:
+        if cores <= 1 or "fork" not in mp.get_all_start_methods():
+            results = []
+            for c in range(chains):
+                results.append(
+                    _run_chain(job, c, seeds[c], lambda c, d: _advance(bars, c, d))
+                )
+            return results
+        _JOB = job
+        return _run_parallel(chains, seeds, cores, bars)
+    finally:
+        _JOB = None
+        for bar in bars:
+            bar.close()
+
+
+def _advance(bars: list[tqdm], chain: int, done: int) -> None:
+    bar = bars[chain]
+    bar.update(done - bar.n)
+
+
+def _run_parallel(
+    chains: int, seeds: list[int], cores: int, bars: list[tqdm]
+) -> list[ChainResult]:
+    ctx = mp.get_context("fork")
+    results_q, progress_q = ctx.Queue(), ctx.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        while not stop.is_set():
+            try:
+                chain, done = progress_q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            _advance(bars, chain, done)
+
+    pumper = threading.Thread(target=pump, daemon=True)
+    pumper.start()
+    pending = list(range(chains))
+    running: dict[int, mp.Process] = {}
+    results: dict[int, ChainResult] = {}
+    try:
+        while pending or running:
+            while pending and len(running) < cores:
+                c = pending.pop(0)
+                proc = ctx.Process(
+                    target=_worker, args=(c, seeds[c], results_q, progress_q)
+                )
+                proc.start()
+                running[c] = proc
+            try:
+                chain, result, error = results_q.get(timeout=1.0)
+            except queue.Empty:
+                for c, proc in running.items():
+                    if not proc.is_alive() and proc.exitcode != 0:
+                        raise RuntimeError(
+                            f"chain {c} died (exit code {proc.exitcode}), e.g. out "
+                            "of memory; try fewer cores or chains"
+                        ) from None
+                continue
+            running.pop(chain).join()
+            if error is not None:
+                raise RuntimeError(f"chain {chain} failed: {error}")
+            results[chain] = result
+    finally:
+        for proc in running.values():
+            proc.terminate()
+        stop.set()
+        pumper.join()
+    return [results[c] for c in range(chains)]

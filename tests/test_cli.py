@@ -1,0 +1,242 @@
+"""The command line: one-line errors with exit code 2, no traceback, nothing lost."""
+
+import json
+import re
+import subprocess
+import sys
+
+import arviz as az
+import pandas as pd
+import pytest
+
+from sbi_plugins.cli import main, parse_pooling
+
+QUICK = ["--draws", "40", "--tune", "40", "--chains", "2", "--no-progress"]
+
+
+@pytest.fixture
+def csv(tmp_path, cookie_data):
+    path = tmp_path / "cookies.csv"
+    cookie_data.groupby("location").head(8).to_csv(path, index=False)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_user_error(capsys, argv, pattern):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sbi-plugins: error: ")
+    assert "Traceback" not in err
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_list_shows_plugins_and_json(capsys):
+    code, out, _ = run(capsys, "list")
+    assert (
+        code == 0
+        and "cookie (sbi-plugins-cookie" in out
+        and "simulators: cookie" in out
+    )
+    code, out, _ = run(capsys, "list", "--json")
+    entries = {e["name"]: e for e in json.loads(out)}
+    assert entries["cookie"]["simulators"] == ["cookie"] and entries["cookie"]["ok"]
+
+
+def test_parse_pooling():
+    assert parse_pooling("partial") == "partial"
+    assert parse_pooling("v=partial, a=complete") == {"v": "partial", "a": "complete"}
+
+
+@pytest.mark.parametrize(
+    "edit,pattern",
+    [
+        (lambda df: df.rename(columns={"chips": "n"}), r"'chips' missing"),
+        (
+            lambda df: df.assign(chips=df["chips"].astype(float).where(df.index != 3)),
+            r"'chips'.*non-finite.*row 3",
+        ),
+        (
+            lambda df: df.assign(chips=df["chips"].where(df.index != 5, -2)),
+            r"negative or non-integer.*row 5",
+        ),
+        (
+            lambda df: df.assign(
+                chips=df["chips"].astype(float).where(df.index != 6, 2.5)
+            ),
+            r"non-integer.*row 6",
+        ),
+        (
+            lambda df: df.assign(chips=df["chips"].where(df.index != 7, 900)),
+            r"row 7 lie outside \[0, \d+\]",
+        ),
+    ],
+)
+def test_bad_data_is_named_and_nothing_is_written(capsys, tmp_path, csv, edit, pattern):
+    bad = tmp_path / "bad.csv"
+    edit(pd.read_csv(csv)).to_csv(bad, index=False)
+    out = tmp_path / "fit.nc"
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", bad, "--group", "location", "--out", out, *QUICK],
+        pattern,
+    )
+    assert not out.exists()
+
+
+def test_unknown_simulator(capsys, tmp_path, csv):
+    assert_user_error(
+        capsys,
+        ["fit", "biscuit", csv, "--out", tmp_path / "f.nc"],
+        r"unknown simulator 'biscuit'; installed simulators: .*cookie",
+    )
+
+
+def test_missing_group_column(capsys, tmp_path, csv):
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", csv, "--group", "site", "--out", tmp_path / "f.nc"],
+        r"group column 'site' is not in the data",
+    )
+
+
+def test_unreadable_file(capsys, tmp_path):
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", tmp_path / "none.csv", "--out", tmp_path / "f.nc"],
+        r"no such file",
+    )
+
+
+def test_existing_output_is_never_overwritten(capsys, tmp_path, csv):
+    out = tmp_path / "fit.nc"
+    out.write_text("precious")
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", csv, "--group", "location", "--out", out],
+        r"exists.*nothing was overwritten",
+    )
+    assert out.read_text() == "precious"
+
+
+def test_bad_pooling_spec(capsys, tmp_path, csv):
+    assert_user_error(
+        capsys,
+        [
+            "fit",
+            "cookie",
+            csv,
+            "--group",
+            "location",
+            "--pooling",
+            "lam=",
+            "--out",
+            tmp_path / "f.nc",
+        ],
+        r"cannot read pooling",
+    )
+
+
+def test_fit_then_compare(capsys, tmp_path, csv):
+    a, b = tmp_path / "partial.nc", tmp_path / "complete.nc"
+    code, out, _ = run(
+        capsys,
+        "fit",
+        "cookie",
+        csv,
+        "--group",
+        "location",
+        "--seed",
+        "1",
+        "--out",
+        a,
+        *QUICK,
+    )
+    assert code == 0 and a.exists() and "lam_mu" in out
+    code, _, _ = run(
+        capsys,
+        "fit",
+        "cookie",
+        csv,
+        "--group",
+        "location",
+        "--pooling",
+        "complete",
+        "--seed",
+        "1",
+        "--out",
+        b,
+        *QUICK,
+    )
+    assert code == 0
+    assert az.from_netcdf(a).posterior["lam"].sizes["location"] == 5
+    code, out, _ = run(capsys, "compare", a, b)
+    assert code == 0 and "elpd_loo" in out and "partial" in out and "complete" in out
+
+
+def test_compare_refuses_other_data(capsys, tmp_path, csv):
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    run(capsys, "fit", "cookie", csv, "--group", "location", "--out", a, *QUICK)
+    other = tmp_path / "other.csv"
+    pd.read_csv(csv).assign(chips=lambda d: d["chips"] + 1).to_csv(other, index=False)
+    run(capsys, "fit", "cookie", other, "--group", "location", "--out", b, *QUICK)
+    assert_user_error(capsys, ["compare", a, b], r"fitted to other data")
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sbi_plugins.cli",
+            "fit",
+            "cookie",
+            str(tmp_path / "x.csv"),
+            "--out",
+            str(tmp_path / "o.nc"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("sbi-plugins: error: cannot read data file")
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_writes_three_fits_a_table_and_a_plot(capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, text, _ = run(
+        capsys,
+        "demo",
+        "--out",
+        out,
+        "--draws",
+        "150",
+        "--tune",
+        "150",
+        "--chains",
+        "2",
+        "--no-progress",
+    )
+    assert code == 0
+    for name in (
+        "pooled.nc",
+        "unpooled.nc",
+        "hierarchical.nc",
+        "shrinkage.png",
+        "comparison.csv",
+    ):
+        assert (out / name).exists(), name
+    assert (out / "shrinkage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = pd.read_csv(out / "comparison.csv", index_col=0)
+    assert table.index[-1] == "pooled"
+    assert "model comparison" in text and "lam_mu" in text
+    before = (out / "pooled.nc").read_bytes()
+    assert_user_error(capsys, ["demo", "--out", out], r"already holds pooled.nc")
+    assert (out / "pooled.nc").read_bytes() == before

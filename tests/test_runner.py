@@ -1,0 +1,249 @@
+"""fit(): the model, the sampler and the InferenceData it returns."""
+
+import json
+import warnings
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import pytest
+
+import sbi_plugins
+from sbi_plugins.contract import Parameter
+from sbi_plugins.errors import DomainWarning, SbiPluginsError
+
+QUICK = {"draws": 60, "tune": 60, "chains": 2, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def small_data(cookie_data):
+    """Ten cookies from each location: quick to fit."""
+    return cookie_data.groupby("location").head(10).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def quick_fit(small_data, tiny_cookie_estimator):
+    return sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        estimator=tiny_cookie_estimator,
+        seed=11,
+        **QUICK,
+    )
+
+
+def test_groups_dims_and_coords(quick_fit, small_data):
+    idata = quick_fit
+    for group in (
+        "posterior",
+        "sample_stats",
+        "log_likelihood",
+        "observed_data",
+        "constant_data",
+        "posterior_predictive",
+    ):
+        assert group in idata.groups()
+    post = idata.posterior
+    assert post["lam"].dims == ("chain", "draw", "location")
+    assert list(post["location"].values) == [1, 2, 3, 4, 5]
+    assert post["lam_mu"].dims == ("chain", "draw")
+    assert post["lam_sigma"].dims == ("chain", "draw")
+    assert post.sizes["chain"] == 2 and post.sizes["draw"] == 60
+    assert list(idata.log_likelihood.data_vars) == ["chips"]
+    assert idata.log_likelihood["chips"].shape == (2, 60, len(small_data))
+    assert (idata.observed_data["chips"].values == small_data["chips"].values).all()
+    codes = idata.constant_data["location_idx"].values
+    assert (post["location"].values[codes] == small_data["location"].values).all()
+    for stat in (
+        "diverging",
+        "lp",
+        "step_size",
+        "tree_depth",
+        "n_steps",
+        "acceptance_rate",
+    ):
+        assert idata.sample_stats[stat].shape == (2, 60)
+
+
+def test_group_parameters_stay_in_the_training_box(quick_fit):
+    lam = quick_fit.posterior["lam"].values
+    assert lam.min() >= 0.1 and lam.max() <= 40.0
+
+
+def test_attrs_record_what_made_the_fit(quick_fit, tiny_cookie_estimator):
+    attrs = quick_fit.posterior.attrs
+    assert attrs["simulator"] == "cookie" and attrs["simulator_version"] == "1"
+    assert attrs["estimator_checksum"] == tiny_cookie_estimator.checksum
+    assert json.loads(attrs["pooling"]) == {"lam": "partial"}
+    assert attrs["seed"] == 11 and attrs["likelihood"] == "neural"
+    assert "sbi" in json.loads(attrs["versions"])
+    assert "Gamma" in json.loads(attrs["priors"])["lam"]["prior"]
+
+
+def test_log_likelihood_is_the_estimator_at_each_rows_group(
+    quick_fit, tiny_cookie_estimator, cookie
+):
+    """Recompute one draw's pointwise log-likelihood by hand."""
+    import torch
+
+    lam = quick_fit.posterior["lam"].values[1, 7]
+    codes = quick_fit.constant_data["location_idx"].values
+    x = quick_fit.observed_data["chips"].values
+    lik = sbi_plugins.likelihood(cookie, tiny_cookie_estimator)
+    expected = lik.log_prob(torch.tensor(lam[codes])[:, None], torch.tensor(x)[:, None])
+    np.testing.assert_allclose(
+        quick_fit.log_likelihood["chips"].values[1, 7], expected.numpy(), rtol=1e-5
+    )
+
+
+def test_posterior_predictive_is_simulated_at_the_draws(quick_fit):
+    """Counts, whose mean per row tracks that row's group rate (4 Monte Carlo sd)."""
+    pp = quick_fit.posterior_predictive["chips"].values
+    assert (pp == np.round(pp)).all() and pp.min() >= 0
+    lam = quick_fit.posterior["lam"].values
+    codes = quick_fit.constant_data["location_idx"].values
+    expected = lam[..., codes].mean(axis=(0, 1))
+    observed = pp.mean(axis=(0, 1))
+    sd = np.sqrt(
+        lam[..., codes].mean(axis=(0, 1)) + lam[..., codes].var(axis=(0, 1))
+    ) / np.sqrt(pp.shape[0] * pp.shape[1])
+    assert (np.abs(observed - expected) < 4 * sd).all()
+
+
+def test_netcdf_round_trip(quick_fit, tmp_path):
+    path = tmp_path / "fit.nc"
+    quick_fit.to_netcdf(str(path))
+    back = az.from_netcdf(path)
+    assert set(back.groups()) == set(quick_fit.groups())
+    np.testing.assert_array_equal(
+        back.posterior["lam"].values, quick_fit.posterior["lam"].values
+    )
+    assert (
+        back.posterior.attrs["estimator_checksum"]
+        == quick_fit.posterior.attrs["estimator_checksum"]
+    )
+    assert float(az.loo(back).elpd_loo) == pytest.approx(
+        float(az.loo(quick_fit).elpd_loo)
+    )
+
+
+def test_same_seed_same_draws_parallel_or_not(
+    small_data, tiny_cookie_estimator, quick_fit
+):
+    sequential = sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        estimator=tiny_cookie_estimator,
+        seed=11,
+        cores=1,
+        **QUICK,
+    )
+    np.testing.assert_array_equal(
+        sequential.posterior["lam"].values, quick_fit.posterior["lam"].values
+    )
+    other = sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        estimator=tiny_cookie_estimator,
+        seed=12,
+        cores=1,
+        **QUICK,
+    )
+    assert not np.array_equal(
+        other.posterior["lam"].values, quick_fit.posterior["lam"].values
+    )
+
+
+@pytest.mark.parametrize(
+    "pooling,shape,hyper",
+    [
+        ("complete", (2, 60), False),
+        ("none", (2, 60, 5), False),
+        ({"lam": "partial"}, (2, 60, 5), True),
+    ],
+)
+def test_pooling_modes(small_data, tiny_cookie_estimator, pooling, shape, hyper):
+    idata = sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        pooling=pooling,
+        estimator=tiny_cookie_estimator,
+        seed=1,
+        **QUICK,
+    )
+    assert idata.posterior["lam"].shape == shape
+    assert ("lam_mu" in idata.posterior) is hyper
+
+
+def test_partial_pooling_without_groups_is_refused(small_data):
+    with pytest.raises(SbiPluginsError, match="need groups: pass group="):
+        sbi_plugins.fit(small_data, "cookie", **QUICK)
+
+
+def test_unknown_pooling_and_parameters_are_refused(small_data):
+    with pytest.raises(SbiPluginsError, match="'some' for 'lam' is not one of"):
+        sbi_plugins.fit(small_data, "cookie", group="location", pooling="some", **QUICK)
+    with pytest.raises(SbiPluginsError, match="unknown parameters mu"):
+        sbi_plugins.fit(
+            small_data, "cookie", group="location", pooling={"mu": "none"}, **QUICK
+        )
+
+
+def test_exact_likelihood_runs_the_same_model(small_data):
+    idata = sbi_plugins.fit(
+        small_data, "cookie", group="location", likelihood="exact", seed=2, **QUICK
+    )
+    assert idata.posterior.attrs["likelihood"] == "exact"
+    assert idata.posterior.attrs["estimator_checksum"] == ""
+
+
+def test_pile_up_at_a_bound_warns_naming_parameter_and_bound(
+    registry, cookie, tiny_cookie_estimator
+):
+    """A simulator trained on rates up to 3 meets data with 12 chips a cookie."""
+    import dataclasses
+
+    from tests.test_registry import ToyPlugin
+
+    narrow = dataclasses.replace(
+        cookie, name="narrow", parameters=(Parameter("lam", 0.1, 3.0),)
+    )
+    data = pd.DataFrame({"chips": [12, 11, 13, 12] * 5})
+    with (
+        registry.plugin(ToyPlugin(narrow)),
+        pytest.warns(
+            DomainWarning, match=r"'lam' pile up at the upper bound 3 .*\[0.1, 3\]"
+        ),
+    ):
+        idata = sbi_plugins.fit(
+            data, "narrow", pooling="complete", likelihood="exact", seed=0, **QUICK
+        )
+    assert "upper bound" in idata.posterior.attrs["domain_warnings"]
+
+
+def test_no_warning_when_draws_stay_inside(quick_fit):
+    assert json.loads(quick_fit.posterior.attrs["domain_warnings"]) == []
+
+
+def test_compare_refuses_fits_of_different_data(
+    quick_fit, small_data, tiny_cookie_estimator
+):
+    other = small_data.assign(chips=small_data["chips"] + 1)
+    different = sbi_plugins.fit(
+        other,
+        "cookie",
+        group="location",
+        estimator=tiny_cookie_estimator,
+        seed=3,
+        **QUICK,
+    )
+    with pytest.raises(SbiPluginsError, match="fitted to other data"):
+        sbi_plugins.compare({"a": quick_fit, "b": different})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        table = sbi_plugins.compare({"a": quick_fit, "b": quick_fit.copy()})
+    assert list(table.columns[:2]) == ["rank", "elpd_loo"]
