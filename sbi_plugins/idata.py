@@ -39,6 +39,7 @@ def build_inference_data(
     sample_stats: dict[str, np.ndarray],
     log_likelihood: np.ndarray,
     posterior_predictive: dict[str, np.ndarray] | None,
+    predictive_draw_index: np.ndarray | None = None,
     data: PreparedData,
     simulator: Simulator,
     plans: list[ParameterPlan],
@@ -77,6 +78,10 @@ def build_inference_data(
     if posterior_predictive is not None:
         groups["posterior_predictive"] = posterior_predictive
     idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+    if posterior_predictive is not None and predictive_draw_index is not None:
+        idata.posterior_predictive = idata.posterior_predictive.assign_coords(
+            draw=predictive_draw_index
+        )
     for group in idata.groups():
         idata[group].attrs.update(attrs)
     return idata

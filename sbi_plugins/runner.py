@@ -30,6 +30,8 @@ from sbi_plugins.sampling import run_nuts
 from sbi_plugins.versions import package_versions
 
 ROWS_PER_BATCH = 200_000
+PREDICTIVE_ROWS = 2_000_000
+"""At most this many simulated rows in the posterior predictive, unless asked."""
 """Draw x row evaluations per batch when scoring or simulating after sampling."""
 
 EDGE_FRACTION = 0.01
@@ -52,13 +54,17 @@ def fit(
     progress: bool = True,
     cores: int | None = None,
     target_accept: float = 0.8,
-    posterior_predictive: bool = True,
+    posterior_predictive: bool | int = True,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data with NUTS.
 
     `pooling` is "complete", "none", "partial" or a dict per parameter. With
     `likelihood="exact"` the plugin's exact log-likelihood replaces the learned one
     in the very same model: the reference a neural fit is held to.
+
+    `posterior_predictive`: True simulates one data set per draw, thinned evenly to
+    at most 2 million simulated rows for large data; an int asks for that many draws
+    per chain; False skips it.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -71,11 +77,14 @@ def fit(
     plans = plan_parameters(
         sim, normalize_pooling(pooling, sim, group is not None), priors
     )
+    # the data's own checks first: no estimator is trained for data that cannot fit
+    check_observations(sim, None, prepared.x, prepared.row_labels)
     if likelihood == "exact":
         lik = Likelihood(sim)
     else:
         lik = Likelihood(sim, resolve_estimator(sim, estimator, progress=progress))
-    check_observations(sim, lik.estimator, prepared.x, prepared.row_labels)
+    if not lik.exact:
+        check_observations(sim, lik.estimator, prepared.x, prepared.row_labels)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
 
@@ -102,6 +111,7 @@ def fit(
     theta = group_parameter_draws(posterior, plans, prepared.num_groups)
     edge_warnings = warn_at_domain_edges(posterior, plans, prepared)
     rng = np.random.default_rng([seed, 1])
+    selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
     attrs = {
         "simulator": sim.name,
         "simulator_version": sim.version,
@@ -122,11 +132,8 @@ def fit(
         posterior=posterior,
         sample_stats=_stack([r.stats for r in results]),
         log_likelihood=pointwise_log_likelihood(lik, theta, prepared),
-        posterior_predictive=(
-            simulate_predictive(sim, theta, prepared, rng)
-            if posterior_predictive
-            else None
-        ),
+        posterior_predictive=simulate_predictive(sim, theta, prepared, rng, selected),
+        predictive_draw_index=selected,
         data=prepared,
         simulator=sim,
         plans=plans,
@@ -173,14 +180,32 @@ def pointwise_log_likelihood(
     return out.reshape(chains, draws, len(data.x))
 
 
+def predictive_draws(
+    request: bool | int, shape: tuple[int, int], num_rows: int
+) -> np.ndarray:
+    """Which draws (the same in every chain) get a simulated data set."""
+    chains, draws = shape
+    if request is False:
+        return np.arange(0)
+    if request is True:
+        wanted = min(draws, max(1, PREDICTIVE_ROWS // max(1, chains * num_rows)))
+    else:
+        wanted = max(1, min(int(request), draws))
+    return np.unique(np.linspace(0, draws - 1, wanted).round().astype(int))
+
+
 def simulate_predictive(
     simulator: Simulator,
     theta: np.ndarray,
     data: PreparedData,
     rng: np.random.Generator,
-) -> dict[str, np.ndarray]:
-    """One simulated trial per draw and data row, from the simulator itself (not the
-    network): that is what checks the network."""
+    selected: np.ndarray,
+) -> dict[str, np.ndarray] | None:
+    """One simulated trial per selected draw and data row, from the simulator itself
+    (not the network): that is what checks the network."""
+    if not len(selected):
+        return None
+    theta = theta[:, selected]
     chains, draws = theta.shape[:2]
     flat = theta.reshape(chains * draws, *theta.shape[2:])
     n_rows = len(data.x)

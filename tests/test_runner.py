@@ -247,3 +247,32 @@ def test_compare_refuses_fits_of_different_data(
         warnings.simplefilter("ignore")
         table = sbi_plugins.compare({"a": quick_fit, "b": quick_fit.copy()})
     assert list(table.columns[:2]) == ["rank", "elpd_loo"]
+
+
+def test_posterior_predictive_can_be_thinned_or_skipped(small_data, tiny_cookie_estimator):
+    from sbi_plugins.runner import predictive_draws
+
+    assert len(predictive_draws(True, (4, 1000), 6000)) == 2_000_000 // (4 * 6000)
+    assert len(predictive_draws(True, (4, 1000), 150)) == 1000
+    assert len(predictive_draws(False, (4, 1000), 150)) == 0
+    idata = sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        estimator=tiny_cookie_estimator,
+        seed=4,
+        posterior_predictive=7,
+        **QUICK,
+    )
+    draws = idata.posterior_predictive["draw"].values
+    assert len(draws) == 7 and draws[0] == 0 and draws[-1] == QUICK["draws"] - 1
+    none = sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        estimator=tiny_cookie_estimator,
+        seed=4,
+        posterior_predictive=False,
+        **QUICK,
+    )
+    assert "posterior_predictive" not in none.groups()

@@ -73,7 +73,8 @@ def build_mixed(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
             num_bins=config.get("num_bins", 8),
             tail_bound=config.get("tail_bound", 10.0),
             z_score_x="independent",
-            z_score_y="independent",
+            z_score_y="none",
+            embedding_net=theta_embedding(config, theta),
         )
 
 

@@ -161,9 +161,33 @@ def network_config(
             )
         config["num_categories"] = [int(x[:, j].max()) + 1 for j in range(x.shape[1])]
     elif kind == "mnle":
-        choice = [i for i, o in enumerate(simulator.observables) if o.kind == "choice"]
-        config["num_categories"] = [int(x[:, j].max()) + 1 for j in choice]
+        kinds = [o.kind for o in simulator.observables]
+        choice = [i for i, k in enumerate(kinds) if k == "choice"]
+        if choice != list(range(len(kinds) - len(choice), len(kinds))):
+            raise EstimatorError(
+                f"simulator {simulator.name!r}: MNLE needs the choice observables "
+                f"last (continuous first), got kinds {kinds}"
+            )
+        config["num_categories"] = [len(simulator.observables[j].codes) for j in choice]
     return config
+
+
+def encode_for_network(simulator: Simulator, x: np.ndarray) -> np.ndarray:
+    """Choice codes become category indices 0..K-1, as sbi's categorical nets want;
+    a code the observable does not declare is an error in the simulator."""
+    x = x.copy()
+    for j, obs in enumerate(simulator.observables):
+        if obs.kind != "choice":
+            continue
+        codes = np.asarray(obs.codes)
+        known = np.isin(x[:, j], codes)
+        if not known.all():
+            raise EstimatorError(
+                f"simulator {simulator.name!r} returned {obs.name} values "
+                f"{sorted(set(x[~known, j]))[:5]} outside its codes {obs.codes}"
+            )
+        x[:, j] = np.argmax(x[:, j, None] == codes, axis=1)
+    return x
 
 
 def observed_support(simulator: Simulator, x: np.ndarray) -> dict[str, list[float]]:
@@ -200,7 +224,7 @@ def train(
     theta_np, x_np = drop_invalid(theta_np, x_np)
     config = network_config(kind, recipe, simulator, x_np)
     theta = torch.as_tensor(theta_np, dtype=torch.float32)
-    x = torch.as_tensor(x_np, dtype=torch.float32)
+    x = torch.as_tensor(encode_for_network(simulator, x_np), dtype=torch.float32)
 
     torch.manual_seed(seed)
     prior = BoxUniform(
