@@ -139,6 +139,48 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from sbi_plugins.check import EXIT_FAILED, SbcSettings, check_simulator
+
+    for option in ("simulations", "heldout", "sbc_datasets", "sbc_trials"):
+        if getattr(args, option) < 2:
+            raise CliError(f"--{option.replace('_', '-')} must be at least 2")
+    if min(args.sbc_draws, args.sbc_thin) < 1 or args.sbc_tune < 0:
+        raise CliError("--sbc-draws and --sbc-thin must be at least 1, --sbc-tune 0")
+    if args.max_log_error is not None and not args.max_log_error > 0:
+        raise CliError("--max-log-error must be positive")
+    if args.estimator and not Path(args.estimator).is_file():
+        raise CliError(f"cannot read estimator file {args.estimator!r}: no such file")
+    sbc = None
+    if not args.no_sbc:
+        sbc = SbcSettings(
+            datasets=args.sbc_datasets,
+            trials=args.sbc_trials,
+            tune=args.sbc_tune,
+            draws=args.sbc_draws,
+            thin=args.sbc_thin,
+        )
+    options = {}
+    if args.max_log_error is not None:
+        options["max_log_error"] = args.max_log_error
+    report = check_simulator(
+        args.simulator,
+        estimator=args.estimator,
+        simulations=args.simulations,
+        heldout=args.heldout,
+        sbc=sbc,
+        train=args.train,
+        seed=args.seed,
+        progress=not (args.no_progress or args.json),
+        **options,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+    else:
+        print(report.format())
+    return 0 if report.ok else EXIT_FAILED
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from sbi_plugins.demo import run_demo
 
@@ -200,6 +242,43 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="rank fits of the same data by PSIS-LOO")
     p.add_argument("fits", nargs="+", help="FIT.nc files")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "check",
+        help="validate a simulator plugin: contract, estimator, calibration (SBC)",
+        description="Validate a registered simulator for its author. Exit status 0 "
+        "when every check passes (warnings allowed), 1 when a check fails, 2 for a "
+        "usage error.",
+    )
+    p.add_argument("simulator")
+    p.add_argument("--estimator", help="estimator file (default: shipped or cached)")
+    p.add_argument(
+        "--train",
+        action="store_true",
+        help="train and cache the recipe's estimator if none is shipped or cached",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--no-sbc", action="store_true", help="skip the calibration")
+    p.add_argument("--sbc-datasets", type=int, default=30, help="data sets (30)")
+    p.add_argument("--sbc-trials", type=int, default=20, help="trials each (20)")
+    p.add_argument("--sbc-tune", type=int, default=200, help="NUTS tuning steps")
+    p.add_argument("--sbc-draws", type=int, default=200, help="NUTS draws")
+    p.add_argument("--sbc-thin", type=int, default=2, help="keep every n-th draw")
+    p.add_argument(
+        "--simulations", type=int, default=1000, help="contract batch size (1000)"
+    )
+    p.add_argument(
+        "--heldout", type=int, default=2000, help="fresh simulations to score (2000)"
+    )
+    p.add_argument(
+        "--max-log-error",
+        type=float,
+        default=None,
+        help="largest mean |learned - exact| log-likelihood, nats per trial (0.1)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("demo", help="the cookie factory: three fits, compared")
     p.add_argument("--out", default="sbi-plugins-demo", help="directory to write")

@@ -67,7 +67,14 @@ class Parameter:
 @dataclass(frozen=True)
 class Observable:
     """One column of the data: its kind decides the estimator (count -> categorical,
-    choice + continuous -> MNLE) and its support is checked before sampling."""
+    choice + continuous -> MNLE) and its support is checked before sampling.
+
+    `shift` names a parameter the value always exceeds by a positive random amount
+    (a reaction time and its non-decision time). The estimator then learns the
+    excess (`rt - t`), which has the same density; values at or below the shift get
+    probability zero exactly, as in the exact likelihood, instead of a smoothed edge
+    that would bias the shift parameter.
+    """
 
     name: str
     kind: str
@@ -75,6 +82,7 @@ class Observable:
     upper: float = math.inf
     codes: tuple[float, ...] = ()
     description: str = ""
+    shift: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("observable", self.name)
@@ -99,6 +107,11 @@ class Observable:
             )
         if self.kind == "count" and self.lower < 0:
             raise ContractError(f"observable {self.name!r}: counts start at 0")
+        if self.shift is not None and self.kind != "continuous":
+            raise ContractError(
+                f"observable {self.name!r}: only a continuous observable can have a "
+                "shift parameter"
+            )
 
 
 @dataclass(frozen=True)
@@ -231,6 +244,12 @@ class Simulator:
                 f"simulator {self.name!r}: duplicate names {', '.join(duplicates)} "
                 "among parameters and observables"
             )
+        for obs in self.observables:
+            if obs.shift is not None and obs.shift not in self.parameter_names:
+                raise ContractError(
+                    f"simulator {self.name!r}: observable {obs.name!r} is shifted by "
+                    f"{obs.shift!r}, which is not a parameter"
+                )
         unknown = set(self.population_priors) - set(self.parameter_names)
         if unknown:
             raise ContractError(

@@ -2,9 +2,11 @@
 
 Plugins load lazily from the `sbi_plugins` entry-point group. A plugin that fails to
 import, or whose hook raises or registers something invalid, is skipped with a warning
-that names it; the others load. `SBI_PLUGINS_LOAD_PLUGINS` (comma-separated plugin or
-distribution names, empty for none) restricts what loads, as `LLM_LOAD_PLUGINS` does;
-`SBI_PLUGINS_STRICT=1` turns every loading failure into an error.
+that names it; the others load. An estimator file a plugin registers is verified (safe
+load, checksums) before it is used or listed: a bad one is refused, and its plugin is
+listed as failed with the reason. `SBI_PLUGINS_LOAD_PLUGINS` (comma-separated plugin
+or distribution names, empty for none) restricts what loads, as `LLM_LOAD_PLUGINS`
+does; `SBI_PLUGINS_STRICT=1` turns every loading failure into an error.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from typing import Any
 import pluggy
 
 from sbi_plugins import hookspecs
+from sbi_plugins.artifact_format import read_payload
 from sbi_plugins.contract import (
     CONTRACT_VERSION,
     EstimatorArtifact,
     PriorFamily,
     Simulator,
 )
-from sbi_plugins.errors import ContractError, PluginError
+from sbi_plugins.errors import ContractError, EstimatorError, PluginError
 
 ENTRY_POINT_GROUP = "sbi_plugins"
 LOAD_PLUGINS_ENV = "SBI_PLUGINS_LOAD_PLUGINS"
@@ -68,6 +71,8 @@ class _Catalog:
     conflicts: dict[str, list[str]] = field(default_factory=dict)
     priors: dict[str, PriorFamily] = field(default_factory=dict)
     estimators: dict[str, list[EstimatorArtifact]] = field(default_factory=dict)
+    unverified: list[tuple[EstimatorArtifact, PluginInfo]] = field(default_factory=list)
+    refused: list[tuple[EstimatorArtifact, str]] = field(default_factory=list)
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
 
 
@@ -95,14 +100,15 @@ class Registry:
 
     # -- loading -----------------------------------------------------------------
 
-    def _fail(self, info: PluginInfo, message: str) -> None:
+    def _fail(self, info: PluginInfo, message: str, *, skipped: bool = True) -> None:
         info.errors.append(message)
         if _strict():
             raise PluginError(
                 f"plugin {info.name!r} failed: {message} ({STRICT_ENV} is set)"
             )
         warnings.warn(
-            f"sbi-plugins: skipped plugin {info.name!r}: {message}",
+            f"sbi-plugins: {'skipped ' if skipped else ''}plugin {info.name!r}: "
+            f"{message}",
             PluginLoadWarning,
             stacklevel=4,
         )
@@ -247,11 +253,36 @@ class Registry:
                 "expected EstimatorArtifact"
             )
         catalog.estimators.setdefault(art.simulator, []).append(art)
+        catalog.unverified.append((art, info))
         info.estimators.append(f"{art.simulator}:{art.recipe}")
+
+    def verify_estimators(self, simulator: str | None = None) -> None:
+        """Read each registered estimator file once (safely, no code runs) and check
+        its checksums; a bad file is dropped, and its plugin is marked failed with
+        the reason. Lazy: reading files costs time that a plain lookup should not."""
+        catalog = self._catalog_now()
+        wanted = [a for a in catalog.unverified if simulator in (None, a[0].simulator)]
+        for pair in wanted:
+            catalog.unverified = [a for a in catalog.unverified if a is not pair]
+            art, info = pair
+            try:
+                read_payload(art.path, expected_sha256=art.sha256)
+            except EstimatorError as exc:
+                shipped = catalog.estimators[art.simulator]
+                shipped[:] = [a for a in shipped if a is not art]
+                catalog.refused.append((art, str(exc)))
+                label = f"{art.simulator}:{art.recipe}"
+                if label in info.estimators:
+                    info.estimators.remove(label)
+                self._fail(
+                    info, f"refused estimator file for {label}: {exc}", skipped=False
+                )
 
     # -- queries ---------------------------------------------------------------
 
     def plugins(self) -> list[PluginInfo]:
+        """Every plugin, with its estimator files verified (see `verify_estimators`)."""
+        self.verify_estimators()
         return list(self._catalog_now().plugins.values())
 
     def simulator_names(self) -> list[str]:
@@ -294,7 +325,21 @@ class Registry:
         return families[name]
 
     def estimator_artifacts(self, simulator: str) -> list[EstimatorArtifact]:
+        """The verified estimator files plugins ship for `simulator`."""
+        self.verify_estimators(simulator)
         return list(self._catalog_now().estimators.get(simulator, []))
+
+    def refused_estimators(self, simulator: str) -> list[tuple[EstimatorArtifact, str]]:
+        """Estimator files registered for `simulator` that failed verification, each
+        with the reason (`sbi-plugins check` reports them)."""
+        self.verify_estimators(simulator)
+        return [r for r in self._catalog_now().refused if r[0].simulator == simulator]
+
+    def owner(self, simulator: str) -> PluginInfo | None:
+        """The plugin that registered `simulator`, if one did."""
+        catalog = self._catalog_now()
+        name = catalog.simulator_owner.get(simulator)
+        return catalog.plugins.get(name) if name else None
 
 
 def _version(distribution: str) -> str | None:

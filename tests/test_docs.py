@@ -16,7 +16,9 @@ def python_blocks(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("page", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "page", [p for p in DOCS if python_blocks(p)], ids=lambda p: p.name
+)
 def test_page_runs(page, tmp_path, monkeypatch):
     real_fit = sbi_plugins.fit
 

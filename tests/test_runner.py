@@ -249,7 +249,9 @@ def test_compare_refuses_fits_of_different_data(
     assert list(table.columns[:2]) == ["rank", "elpd_loo"]
 
 
-def test_posterior_predictive_can_be_thinned_or_skipped(small_data, tiny_cookie_estimator):
+def test_posterior_predictive_can_be_thinned_or_skipped(
+    small_data, tiny_cookie_estimator
+):
     from sbi_plugins.runner import predictive_draws
 
     assert len(predictive_draws(True, (4, 1000), 6000)) == 2_000_000 // (4 * 6000)

@@ -9,8 +9,9 @@ its checksum in `sbi_plugins_cookie/__init__.py`.
 
 from pathlib import Path
 
-from sbi_plugins.estimators.shipping import ship_estimator
 from sbi_plugins_cookie import COOKIE, ESTIMATOR_FILE
+
+from sbi_plugins.estimators.shipping import ship_estimator
 
 if __name__ == "__main__":
     package = Path(__file__).resolve().parent / "sbi_plugins_cookie"

@@ -9,8 +9,6 @@ a hostile file cannot run code; the checksum catches corrupted or edited bytes.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import math
 import os
@@ -22,11 +20,14 @@ from typing import Any
 
 import torch
 
+from sbi_plugins.artifact_format import (
+    FORMAT,
+    FORMAT_VERSION,
+    content_checksum,
+    read_payload,
+)
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import EstimatorError
-
-FORMAT = "sbi-plugins-estimator"
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -94,21 +95,6 @@ class TrainedEstimator:
         return path
 
 
-def content_checksum(payload: dict[str, Any]) -> str:
-    """SHA-256 over the metadata JSON and every tensor's name, dtype, shape, bytes."""
-    digest = hashlib.sha256()
-    digest.update(f"{payload['format']}/{payload['format_version']}\n".encode())
-    digest.update(payload["metadata"].encode())
-    tensors = {f"state_dict.{k}": v for k, v in payload["state_dict"].items()}
-    tensors["example_theta"] = payload["example_theta"]
-    tensors["example_x"] = payload["example_x"]
-    for name in sorted(tensors):
-        tensor = tensors[name].detach().cpu().contiguous()
-        digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.numpy().tobytes())
-    return digest.hexdigest()
-
-
 def load(
     path: str | Path | Traversable,
     simulator: Simulator | None = None,
@@ -119,39 +105,8 @@ def load(
     was trained for that simulator's parameters, domain and observables."""
     from sbi_plugins.estimators.networks import build_network
 
-    if isinstance(path, str):
-        path = Path(path)
     name = str(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise EstimatorError(f"{name}: cannot read estimator file ({exc})") from exc
-    try:
-        payload = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise EstimatorError(
-            f"{name}: not a loadable estimator file (check failed: safe weights-only "
-            f"load; the file is truncated, corrupted or not an sbi-plugins estimator: "
-            f"{type(exc).__name__}). Retrain it with `sbi-plugins train`"
-        ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise EstimatorError(f"{name}: not an sbi-plugins estimator file (format)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise EstimatorError(
-            f"{name}: estimator format version {payload.get('format_version')} is not "
-            f"supported (this release reads version {FORMAT_VERSION}); retrain it"
-        )
-    actual = content_checksum(payload)
-    if payload.get("sha256") != actual:
-        raise EstimatorError(
-            f"{name}: checksum check failed: the content does not match the SHA-256 "
-            "recorded in the file (corrupted or edited); retrain or reinstall it"
-        )
-    if expected_sha256 is not None and expected_sha256 != actual:
-        raise EstimatorError(
-            f"{name}: checksum check failed: its SHA-256 {actual[:12]}... differs from "
-            f"the {expected_sha256[:12]}... its plugin registered; reinstall the plugin"
-        )
+    payload, actual = read_payload(path, expected_sha256=expected_sha256)
     metadata = json.loads(payload["metadata"])
     net = build_network(
         metadata["kind"],

@@ -28,6 +28,7 @@ def ship_estimator(
         CHECKSUM_LINE.sub(f'ESTIMATOR_SHA256 = "{estimator.checksum}"', source)
     )
     estimator.source = str(path)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB), sha256 {estimator.checksum}")
+    size = path.stat().st_size / 1024
+    print(f"wrote {path} ({size:.0f} KiB), sha256 {estimator.checksum}")
     print(estimator.metadata["training"])
     return estimator

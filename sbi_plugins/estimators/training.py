@@ -152,6 +152,13 @@ def network_config(
         "num_transforms": recipe.num_transforms,
         **dict(recipe.options),
     }
+    shifts = [
+        [j, simulator.parameter_names.index(o.shift)]
+        for j, o in enumerate(simulator.observables)
+        if o.shift is not None
+    ]
+    if shifts:
+        config["shift"] = shifts
     if config.get("log_theta") == "auto":
         config["log_theta"] = [p.lower > 0 for p in simulator.parameters]
     if kind == "categorical":
@@ -170,6 +177,25 @@ def network_config(
             )
         config["num_categories"] = [len(simulator.observables[j].codes) for j in choice]
     return config
+
+
+def subtract_shifts(
+    config: dict[str, Any], theta: np.ndarray, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The network learns a shifted observable's excess over its shift parameter;
+    simulations without a positive excess (time-step artefacts) are dropped."""
+    x = x.copy()
+    keep = np.ones(len(x), dtype=bool)
+    for j, k in config.get("shift", []):
+        x[:, j] = x[:, j] - theta[:, k]
+        keep &= x[:, j] > 0
+    if not keep.all():
+        warnings.warn(
+            f"dropped {int((~keep).sum())} simulations whose shifted value does not "
+            "exceed its shift parameter",
+            stacklevel=3,
+        )
+    return theta[keep], x[keep]
 
 
 def encode_for_network(simulator: Simulator, x: np.ndarray) -> np.ndarray:
@@ -223,6 +249,8 @@ def train(
     simulated = time.perf_counter()
     theta_np, x_np = drop_invalid(theta_np, x_np)
     config = network_config(kind, recipe, simulator, x_np)
+    support = observed_support(simulator, x_np)
+    theta_np, x_np = subtract_shifts(config, theta_np, x_np)
     theta = torch.as_tensor(theta_np, dtype=torch.float32)
     x = torch.as_tensor(encode_for_network(simulator, x_np), dtype=torch.float32)
 
@@ -259,7 +287,7 @@ def train(
         "observables": [
             {"name": o.name, "kind": o.kind} for o in simulator.observables
         ],
-        "support": observed_support(simulator, x_np),
+        "support": support,
         "network": config,
         "recipe": {**dataclasses.asdict(recipe), "seed": seed},
         "training": {

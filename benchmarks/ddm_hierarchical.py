@@ -1,0 +1,96 @@
+"""DDM hierarchical fit, neural vs exact likelihood, side by side in one run.
+
+    python benchmarks/ddm_hierarchical.py [--subjects 10 --trials 100]
+                                          [--draws 1000 --tune 1000 --chains 4]
+
+Same data, seed and sampler settings for both. Prints wall time, time per effective
+sample (slowest parameter), their ratio, and the agreement of the two posteriors:
+each mean's gap in exact posterior sd and each sd's ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+
+import arviz as az
+import numpy as np
+from sbi_plugins_ddm import simulate_dataset
+
+import sbi_plugins
+
+POOLING = {"v": "partial", "a": "partial", "z": "complete", "t": "complete"}
+NAMES = ["v", "a", "v_mu", "v_sigma", "a_mu", "a_sigma", "z", "t"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subjects", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--tune", type=int, default=1000)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=2025)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    trials, _ = simulate_dataset(args.subjects, args.trials, seed=0)
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.subjects} "
+        f"subjects x {args.trials} trials; {args.chains} chains x ({args.tune} + "
+        f"{args.draws})"
+    )
+    fits, seconds = {}, {}
+    for kind in ("exact", "neural"):
+        start = time.perf_counter()
+        fits[kind] = sbi_plugins.fit(
+            trials,
+            "ddm",
+            group="participant_id",
+            pooling=POOLING,
+            likelihood=kind,
+            draws=args.draws,
+            tune=args.tune,
+            chains=args.chains,
+            seed=args.seed,
+            progress=False,
+        )
+        seconds[kind] = time.perf_counter() - start
+    summary = {
+        k: az.summary(v, var_names=NAMES, round_to="none") for k, v in fits.items()
+    }
+    per_ess = {}
+    for kind in ("exact", "neural"):
+        ess = summary[kind]["ess_bulk"].min()
+        per_ess[kind] = seconds[kind] / ess
+        stats = fits[kind].sample_stats
+        print(
+            f"{kind:>6}: {seconds[kind]:7.1f} s wall, min ESS {ess:6.0f}, "
+            f"{per_ess[kind] * 1000:7.2f} ms per effective sample, mean leapfrog "
+            f"steps {float(stats['n_steps'].mean()):.1f}, divergences "
+            f"{int(stats['diverging'].sum())}, "
+            f"elpd_loo {az.loo(fits[kind]).elpd_loo:.2f}"
+        )
+    exact, neural = summary["exact"], summary["neural"]
+    gap = (neural["mean"] - exact["mean"]).abs() / exact["sd"]
+    ratio = neural["sd"] / exact["sd"]
+    print(
+        f"\nmax |mean gap| {gap.max():.3f} exact sd (at {gap.idxmax()}), median "
+        f"{gap.median():.3f}; sd ratio range {ratio.min():.3f} - {ratio.max():.3f}"
+    )
+    print(
+        f"targets: gap < 0.3 sd everywhere: {bool((gap < 0.3).all())}; "
+        f"sd within 25%: {bool((np.abs(ratio - 1) < 0.25).all())}"
+    )
+    print(
+        f"time ratio neural / exact: wall {seconds['neural'] / seconds['exact']:.2f}, "
+        f"per effective sample {per_ess['neural'] / per_ess['exact']:.2f}"
+    )
+    worst = gap.sort_values(ascending=False).head(6)
+    print("largest gaps:", ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
+
+
+if __name__ == "__main__":
+    main()

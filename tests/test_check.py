@@ -1,0 +1,380 @@
+"""`sbi-plugins check`: each check passes a good simulator and fails the fault it is
+there to catch, with a message that says what to do; exit codes 0, 1 and 2."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+
+from sbi_plugins import (
+    EstimatorArtifact,
+    EstimatorRecipe,
+    Observable,
+    Parameter,
+    Simulator,
+    hookimpl,
+)
+from sbi_plugins.check import (
+    FAIL,
+    PASS,
+    SKIP,
+    WARN,
+    CheckReport,
+    SbcSettings,
+    check_calibration,
+    check_simulator,
+)
+from sbi_plugins.cli import main
+from tests.conftest import REPO
+
+EXAMPLE = REPO / "examples" / "sbi-plugins-signal"
+SHIPPED = EXAMPLE / "sbi_plugins_signal" / "signal-nsf.pt"
+
+
+def gauss_simulate(theta, rng):
+    return (theta[:, 0] + theta[:, 1] * rng.standard_normal(len(theta)))[:, None]
+
+
+def gauss_log_likelihood(theta, x):
+    return Normal(theta[..., 0], theta[..., 1]).log_prob(x[..., 0])
+
+
+def gauss(**changes) -> Simulator:
+    """A Gaussian toy simulator; `changes` plant one fault at a time."""
+    fields = {
+        "name": "gauss",
+        "parameters": (Parameter("mu", -2.0, 2.0), Parameter("sigma", 0.5, 2.0)),
+        "observables": (Observable("y", "continuous"),),
+        "simulate": gauss_simulate,
+        "log_likelihood": gauss_log_likelihood,
+    }
+    return Simulator(**{**fields, **changes})
+
+
+def statuses(report: CheckReport) -> dict[str, str]:
+    return {f"{c.section}/{c.name}": c.status for c in report.checks}
+
+
+def message(report: CheckReport, name: str) -> str:
+    return next(c.message for c in report.checks if c.name == name)
+
+
+def contract_only(simulator: Simulator) -> CheckReport:
+    return check_simulator(simulator, sbc=None, simulations=500)
+
+
+def test_a_good_simulator_passes_the_contract_and_skips_what_it_lacks(registry):
+    report = contract_only(gauss())
+    assert report.ok
+    got = statuses(report)
+    for name in ("training prior", "shape and dtype", "finite outputs", "support"):
+        assert got[f"contract/{name}"] == PASS
+    assert got["contract/determinism"] == PASS
+    assert got["contract/exact likelihood"] == PASS
+    assert got["estimator/metadata"] == SKIP
+    assert "sbi-plugins train gauss" in message(report, "metadata")
+    assert got["calibration/SBC"] == SKIP
+
+
+def test_train_option_trains_and_caches_the_recipe_when_nothing_is_shipped(registry):
+    from sbi_plugins.estimators.resolve import cache_path
+
+    tiny = EstimatorRecipe(
+        kind="nsf", num_simulations=1000, hidden_features=16, max_num_epochs=3
+    )
+    simulator = gauss(name="gauss_tiny", recipe=tiny)
+    report = check_simulator(simulator, sbc=None, train=True)
+    assert statuses(report)["estimator/metadata"] == PASS
+    assert cache_path(simulator).is_file()
+    assert str(cache_path(simulator)) in message(report, "metadata") or (
+        cache_path(simulator).name in message(report, "metadata")
+    )
+
+
+def _wrong_shape(theta, rng):
+    return np.zeros((len(theta), 3))
+
+
+def _in_place(theta, rng):
+    theta[:, 0] += 1.0
+    return gauss_simulate(theta, rng)
+
+
+def _global_rng(theta, rng):
+    return gauss_simulate(theta, np.random.default_rng())
+
+
+def _strings(theta, rng):
+    return np.full((len(theta), 1), "a")
+
+
+@pytest.mark.parametrize(
+    "simulate,check,pattern",
+    [
+        (_wrong_shape, "shape and dtype", r"shape \(500, 3\).*expected \(500, 1\)"),
+        (_in_place, "shape and dtype", "changed its theta argument in place"),
+        (_strings, "shape and dtype", "dtype <U1; expected real numbers"),
+        (_global_rng, "determinism", "draw all randomness from the rng argument"),
+        (
+            lambda theta, rng: 1 / 0,
+            "shape and dtype",
+            "simulate raised ZeroDivisionError",
+        ),
+    ],
+)
+def test_contract_faults_fail_the_check_that_names_them(simulate, check, pattern):
+    report = contract_only(gauss(simulate=simulate))
+    assert not report.ok
+    assert statuses(report)[f"contract/{check}"] == FAIL
+    assert re.search(pattern, message(report, check)), message(report, check)
+
+
+def _with_nans(share):
+    def simulate(theta, rng):
+        x = gauss_simulate(theta, rng)
+        x[: int(share * len(x))] = np.nan
+        return x
+
+    return simulate
+
+
+def test_a_few_nans_warn_and_many_fail():
+    few = contract_only(gauss(simulate=_with_nans(0.004)))
+    assert statuses(few)["contract/finite outputs"] == WARN and few.ok
+    assert "2 of 500 simulations NaN or infinite (y: 2" in message(
+        few, "finite outputs"
+    )
+    many = contract_only(gauss(simulate=_with_nans(0.05)))
+    assert statuses(many)["contract/finite outputs"] == FAIL and not many.ok
+    assert "more than 1% fails" in message(many, "finite outputs")
+
+
+def test_values_outside_the_declared_support_fail():
+    positive = gauss(observables=(Observable("y", "continuous", lower=0.0),))
+    report = contract_only(positive)
+    assert statuses(report)["contract/support"] == FAIL
+    assert "outside (0, inf)" in message(report, "support")
+    counts = gauss(
+        observables=(Observable("y", "count"),),
+        log_likelihood=None,
+        simulate=lambda theta, rng: np.abs(gauss_simulate(theta, rng)),
+    )
+    assert "integers in" in message(contract_only(counts), "support")
+
+
+def test_a_deterministic_simulator_only_warns():
+    report = contract_only(gauss(simulate=lambda theta, rng: theta[:, :1].copy()))
+    assert statuses(report)["contract/determinism"] == WARN
+    assert "deterministic" in message(report, "determinism")
+
+
+def test_an_exact_likelihood_that_disagrees_or_has_no_gradient_fails():
+    def swapped(theta, x):  # parameters in the wrong order: sigma as the mean
+        lp = Normal(theta[..., 1], theta[..., 0].abs()).log_prob(x[..., 0])
+        return torch.where(theta[..., 0] > 0, lp, torch.full_like(lp, -torch.inf))
+
+    report = contract_only(gauss(log_likelihood=swapped))
+    assert statuses(report)["contract/exact likelihood"] == FAIL
+    assert "-inf or NaN for" in message(report, "exact likelihood")
+
+    def numpy_only(theta, x):
+        t, y = theta.detach().numpy(), x.numpy()
+        z = (y[..., 0] - t[..., 0]) / t[..., 1]
+        return torch.as_tensor(-0.5 * z**2 - np.log(t[..., 1] * np.sqrt(2 * np.pi)))
+
+    report = contract_only(gauss(log_likelihood=numpy_only))
+    assert "no finite gradient" in message(report, "exact likelihood")
+
+
+# -- estimator checks, with the tutorial plugin's shipped estimator -----------------
+
+
+@pytest.fixture(scope="module")
+def signal():
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        import sbi_plugins_signal
+
+        yield sbi_plugins_signal.SIGNAL
+    finally:
+        sys.path.remove(str(EXAMPLE))
+        sys.modules.pop("sbi_plugins_signal", None)
+
+
+class Plugin:
+    def __init__(self, simulator, artifact=None):
+        self.simulator, self.artifact = simulator, artifact
+
+    @hookimpl
+    def register_simulators(self, register):
+        register(self.simulator)
+
+    @hookimpl
+    def register_estimators(self, register):
+        if self.artifact is not None:
+            register(self.artifact)
+
+
+def test_the_shipped_estimator_passes_metadata_heldout_and_exact(signal):
+    report = check_simulator(signal, estimator=SHIPPED, sbc=None)
+    got = statuses(report)
+    assert report.ok, report.format()
+    assert got["estimator/metadata"] == got["estimator/held-out log-likelihood"] == PASS
+    exact = next(c for c in report.checks if c.name == "error vs exact")
+    assert exact.status == PASS and exact.values["mae"] < 0.1
+    # KL(exact || learned) of a good estimator: small and positive within its noise
+    assert -2 * exact.values["kl_se"] < exact.values["kl"] < 0.05
+
+
+def test_an_estimator_for_another_version_fails_its_metadata(signal):
+    report = check_simulator(
+        dataclasses.replace(signal, version="2"), estimator=SHIPPED
+    )
+    assert statuses(report)["estimator/metadata"] == FAIL
+    assert "version 1, installed is 2" in message(report, "metadata")
+    assert statuses(report)["calibration/SBC"] == SKIP
+
+
+def test_a_changed_simulator_fails_the_heldout_check(signal):
+    def shifted(theta, rng):  # simulate changed, version not bumped
+        return gauss_simulate(theta, rng) + 1.0
+
+    report = check_simulator(
+        dataclasses.replace(signal, simulate=shifted), estimator=SHIPPED, sbc=None
+    )
+    assert statuses(report)["estimator/held-out log-likelihood"] == FAIL
+    assert "Bump the simulator's version" in message(report, "held-out log-likelihood")
+
+
+def test_an_exact_likelihood_of_another_model_fails_against_the_learned_one(signal):
+    def too_wide(theta, x):  # finite and differentiable, but not what simulate does
+        return Normal(theta[..., 0], 1.5 * theta[..., 1]).log_prob(x[..., 0])
+
+    report = check_simulator(
+        dataclasses.replace(signal, log_likelihood=too_wide),
+        estimator=SHIPPED,
+        sbc=None,
+    )
+    assert statuses(report)["contract/exact likelihood"] == PASS
+    assert statuses(report)["estimator/error vs exact"] == FAIL
+    assert "describe different models" in message(report, "error vs exact")
+
+
+def test_an_undertrained_estimator_fails_against_the_exact_likelihood(signal):
+    from sbi_plugins.estimators import train
+
+    weak = train(signal, num_simulations=500, max_num_epochs=2, progress=False)
+    report = check_simulator(signal, estimator=weak, sbc=None)
+    assert statuses(report)["estimator/error vs exact"] == FAIL
+    assert "train on more simulations" in message(report, "error vs exact")
+
+
+def test_a_refused_shipped_file_fails_the_check(registry, signal, tmp_path):
+    bad = tmp_path / "signal-nsf.pt"
+    bad.write_bytes(SHIPPED.read_bytes()[:3000])
+    art = EstimatorArtifact("signal", bad, "0" * 64)
+    with registry.plugin(Plugin(signal, art), name="sig"), pytest.warns(UserWarning):
+        report = check_simulator("signal", sbc=None)
+    assert statuses(report)["estimator/shipped file"] == FAIL
+    assert "signal-nsf.pt: not a loadable estimator file" in message(
+        report, "shipped file"
+    )
+
+
+# -- calibration ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sbc_catches_a_likelihood_of_another_model(signal):
+    """The estimator learned y ~ Normal(mu, sigma); the data come from mu + 1.5.
+    (tests/test_tutorial.py runs a passing SBC through the command line.)"""
+    from sbi_plugins.estimators import load
+
+    def shifted(theta, rng):
+        return gauss_simulate(theta, rng) + 1.5
+
+    report = CheckReport("signal", "1", "test")
+    check_calibration(
+        report,
+        dataclasses.replace(signal, simulate=shifted),
+        load(SHIPPED, signal),
+        SbcSettings(datasets=8, trials=8, tune=60, draws=40, thin=1),
+        seed=0,
+        progress=False,
+    )
+    mu = next(c for c in report.checks if c.name == "mu")
+    assert mu.status == FAIL and len(mu.values["ranks"]) == 8
+    assert mu.values["max_rank"] == 40
+    # posteriors sit about 1.5 above the truth: the true values rank near the bottom
+    assert mu.values["mean_rank"] < 0.2 and mu.values["ks_p"] < 0.0025
+    assert "true values sit below most posterior draws" in mu.message
+
+
+# -- the command line ----------------------------------------------------------------
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_json_report_and_exit_codes(registry, signal, capsys, tmp_path):
+    with registry.plugin(Plugin(signal), name="sig"):
+        code, out, _ = run(capsys, "check", "signal", "--no-sbc", "--json")
+        assert code == 0
+        report = json.loads(out)
+        assert (
+            report["ok"] and report["failed"] == [] and report["simulator"] == "signal"
+        )
+        assert {c["name"]: c["status"] for c in report["checks"]}["metadata"] == SKIP
+
+        code, out, _ = run(
+            capsys, "check", "signal", "--no-sbc", "--estimator", SHIPPED
+        )
+        assert code == 0 and "PASS  error vs exact" in out
+        assert "all 10 checks passed (0 warnings, 1 skipped)" in out
+
+        truncated = tmp_path / "bad.pt"
+        truncated.write_bytes(SHIPPED.read_bytes()[:3000])
+        code, out, _ = run(
+            capsys, "check", "signal", "--no-sbc", "--estimator", truncated
+        )
+        assert code == 1
+        assert "FAIL  file: " in out and "bad.pt: not a loadable estimator file" in out
+        assert "FAILED: estimator/file" in out
+
+        for argv, pattern in [
+            (["check", "nope"], "unknown simulator 'nope'"),
+            (["check", "signal", "--estimator", tmp_path / "no.pt"], "no such file"),
+            (["check", "signal", "--sbc-datasets", "1"], "at least 2"),
+        ]:
+            code, _, err = run(capsys, *argv)
+            lines = err.strip().splitlines()
+            assert code == 2 and len(lines) == 1 and pattern in lines[0], err
+
+
+def test_cli_a_failed_contract_exits_1(registry, capsys):
+    with registry.plugin(Plugin(gauss(simulate=_global_rng)), name="g"):
+        code, out, _ = run(capsys, "check", "gauss", "--no-sbc")
+    assert code == 1
+    assert "FAIL  determinism" in out and "FAILED: contract/determinism" in out
+
+
+def test_cli_a_simulator_refused_at_registration_is_reported(registry, capsys):
+    plugin = Plugin(gauss(simulate=_wrong_shape))
+    with registry.plugin(plugin, name="g"), pytest.warns(UserWarning, match="'g'"):
+        code, out, _ = run(capsys, "check", "gauss", "--json")
+    report = json.loads(out)
+    assert code == 1 and report["failed"] == ["contract/registration"]
+    assert (
+        "plugin 'g': simulator 'gauss': simulate returned shape (8, 3)"
+        in (report["checks"][0]["message"])
+    )
