@@ -12,6 +12,7 @@ value through the splines. The numbers are those of sbi's `log_prob` (the
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
@@ -41,27 +42,85 @@ def count_log_prob(
     return rows.gather(-1, counts[..., None])[..., 0]
 
 
+SPLINE = PiecewiseRationalQuadraticCouplingTransform
+
+
 def supports_mnle(net: torch.nn.Module) -> bool:
-    """Only a one-dimensional continuous part has context-only spline parameters."""
+    """Only a one-dimensional continuous part has context-only spline parameters,
+    and the splines must share their settings to have their tables built together."""
     flow = getattr(getattr(net, "continuous_net", None), "net", None)
     if flow is None or getattr(net.discrete_net.net, "num_variables", 0) != 1:
         return False
     if net.input_shape != torch.Size([2]):
         return False
-    return any(
-        isinstance(t, PiecewiseRationalQuadraticCouplingTransform)
-        for t in flow._transform._transforms
-    )
+    splines = [t for t in flow._transform._transforms if isinstance(t, SPLINE)]
+    settings = {
+        (
+            t.num_bins,
+            t.tail_bound,
+            t.min_bin_width,
+            t.min_bin_height,
+            t.min_derivative,
+            getattr(t.transform_net, "hidden_features", None),
+        )
+        for t in splines
+    }
+    return len(settings) == 1  # one table build serves them all
+
+
+_STACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _stacked_layers(splines: list) -> list[tuple[Tensor, Tensor]] | None:
+    """The splines' context networks (Linear/ReLU stacks of equal shapes) as one
+    batched network: weights `(T, in, out)`, biases `(T, 1, out)`. One batched
+    matmul per layer replaces one per layer and spline. None where the networks
+    are not plain Linear/ReLU stacks of one shape."""
+    key = splines[0]
+    if key in _STACKED:
+        return _STACKED[key]
+    layers = None
+    nets = [getattr(t.transform_net, "spline_predictor", None) for t in splines]
+    if all(isinstance(n, torch.nn.Sequential) for n in nets):
+        shapes = {tuple(type(m).__name__ for m in n) for n in nets}
+        kinds = next(iter(shapes)) if len(shapes) == 1 else ()
+        if kinds and set(kinds) <= {"Linear", "ReLU"} and kinds[-1] == "Linear":
+            linear = [i for i, k in enumerate(kinds) if k == "Linear"]
+            if all(kinds[i + 1] == "ReLU" for i in linear[:-1]):
+                layers = [
+                    (
+                        torch.stack([n[i].weight.detach().T for n in nets]),
+                        torch.stack([n[i].bias.detach()[None] for n in nets]),
+                    )
+                    for i in linear
+                ]
+    _STACKED[key] = layers
+    return layers
+
+
+def _all_spline_params(splines: list, context: Tensor) -> Tensor:
+    """Every spline's unnormalized parameters, `(T * cells, 3K - 1)`, in one pass
+    where the networks allow (see `_stacked_layers`), else one by one."""
+    layers = _stacked_layers(splines)
+    if layers is None:
+        return torch.cat([t.transform_net(context[:, :0], context) for t in splines])
+    hidden = context.expand(len(splines), *context.shape)
+    for i, (weight, bias) in enumerate(layers):
+        hidden = torch.baddbmm(bias, hidden, weight)
+        if i < len(layers) - 1:
+            hidden = torch.relu(hidden)
+    return hidden.reshape(-1, hidden.shape[-1])
 
 
 def _spline_tables(
-    transform: PiecewiseRationalQuadraticCouplingTransform, context: Tensor
+    transform: PiecewiseRationalQuadraticCouplingTransform, params: Tensor
 ) -> Tensor:
-    """Knots of one linear-tailed rational-quadratic spline per context row, as
-    nflows builds them, stacked as `(cells, 4, K+1)`: cumulative widths, cumulative
-    heights, knot derivatives and bin slopes (the last padded by one). One table
-    lets each row fetch everything it needs with one index and one gather."""
-    params = transform.transform_net(context[:, :0], context)
+    """Knots of one linear-tailed rational-quadratic spline per row of `params`
+    (the context network's output), as nflows builds them, stacked as
+    `(rows, 4, K+1)`: cumulative widths, cumulative heights, knot derivatives and
+    bin slopes (the last padded by one). One table lets each row fetch everything
+    it needs with one index and one gather. All splines of a flow share the
+    settings read here, so their tables are built together."""
     bins = transform.num_bins
     scale = math.sqrt(transform.transform_net.hidden_features)
     widths, heights = params[:, :bins] / scale, params[:, bins : 2 * bins] / scale
@@ -163,9 +222,13 @@ def mnle_log_prob(
     value = value.reshape(-1).float()
     z = value.log() if net.log_transform_input else value
     logdet = torch.zeros_like(z)
-    for transform in flow._transform._transforms:
-        if isinstance(transform, PiecewiseRationalQuadraticCouplingTransform):
-            table = _spline_tables(transform, context)
+    transforms = flow._transform._transforms
+    splines = [t for t in transforms if isinstance(t, SPLINE)]
+    tables = _spline_tables(splines[0], _all_spline_params(splines, context))
+    tables = tables.reshape(len(splines), -1, *tables.shape[1:])
+    for transform in transforms:
+        if isinstance(transform, SPLINE):
+            table = tables[splines.index(transform)]
             z, step = _spline_forward(table, cell, z, transform.tail_bound)
         else:
             out, step = transform(z[:, None])

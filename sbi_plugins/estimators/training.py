@@ -346,22 +346,107 @@ def refine_choice_net(
     choice = torch.as_tensor(encode_for_network(simulator, x_np)[:, -1]).long()
     theta = torch.as_tensor(theta_np, dtype=torch.float32)
     made = net.discrete_net.net
-    held_out = max(len(theta) // 20, 1)
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(theta), generator=generator)
-    train_rows, val_rows = order[held_out:], order[:held_out]
-    steps_per_epoch = max(len(train_rows) // batch_size, 1)
-    optimizer = torch.optim.Adam(made.parameters(), lr=learning_rate)
-    scheduler = CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
         logits = made.forward(torch.zeros(len(rows), 1), condition=theta[rows])
         return torch.nn.functional.cross_entropy(logits, choice[rows])
 
-    made.train()
-    with torch.no_grad():
-        before = float(loss_of(val_rows))
-    for _ in tqdm(range(epochs), desc="refining choice net", disable=not progress):
+    return _refine(
+        list(made.parameters()),
+        [made],
+        loss_of,
+        len(theta),
+        desc="refining choice net",
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        progress=progress,
+    )
+
+
+def refine_flow(
+    net: torch.nn.Module,
+    simulator: Simulator,
+    config: dict[str, Any],
+    *,
+    num_simulations: int,
+    epochs: int,
+    seed: int,
+    batch_size: int = 4096,
+    learning_rate: float = 2e-4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train MNLE's flow (and its condition embedding) further on fresh simulations,
+    the choice net frozen: the two parts have separate weights and separate terms
+    of the loss, so this is the joint objective restricted to the flow.
+
+    With a thousand trials pooled, a parameter's posterior is narrow and the flow's
+    small systematic errors show as a shifted mean; more data at a low, decaying
+    learning rate shrinks them for little time."""
+    theta_np, x_np = simulate_training_data(
+        simulator, num_simulations, seed, progress=progress
+    )
+    theta_np, x_np = drop_invalid(theta_np, x_np)
+    theta_np, x_np = subtract_shifts(config, theta_np, x_np)
+    theta = torch.as_tensor(theta_np, dtype=torch.float32)
+    x = torch.as_tensor(encode_for_network(simulator, x_np), dtype=torch.float32)
+    trained = [net.continuous_net, net.condition_embedding]
+    for parameter in net.discrete_net.parameters():
+        parameter.requires_grad_(False)
+
+    def loss_of(rows: torch.Tensor) -> torch.Tensor:
+        return -net.log_prob(x[rows][None], theta[rows]).mean()
+
+    try:
+        return _refine(
+            [p for m in trained for p in m.parameters()],
+            trained,
+            loss_of,
+            len(theta),
+            desc="refining flow",
+            epochs=epochs,
+            seed=seed,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            progress=progress,
+        )
+    finally:
+        for parameter in net.discrete_net.parameters():
+            parameter.requires_grad_(True)
+
+
+def _refine(
+    parameters: list[torch.nn.Parameter],
+    modules: list[torch.nn.Module],
+    loss_of: Any,
+    num_rows: int,
+    *,
+    desc: str,
+    epochs: int,
+    seed: int,
+    batch_size: int,
+    learning_rate: float,
+    progress: bool,
+) -> dict[str, Any]:
+    """Adam with a cosine schedule over `epochs` passes, 5% of rows held out."""
+    held_out = max(num_rows // 20, 1)
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(num_rows, generator=generator)
+    train_rows, val_rows = order[held_out:], order[:held_out]
+    steps_per_epoch = max(len(train_rows) // batch_size, 1)
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    scheduler = CosineAnnealingLR(optimizer, T_max=epochs * steps_per_epoch)
+
+    def validation_loss() -> float:
+        with torch.no_grad():
+            chunks = val_rows.split(65536)
+            return sum(float(loss_of(c)) * len(c) for c in chunks) / len(val_rows)
+
+    for module in modules:
+        module.train()
+    before = validation_loss()
+    for _ in tqdm(range(epochs), desc=desc, disable=not progress):
         shuffled = train_rows[torch.randperm(len(train_rows), generator=generator)]
         for step in range(steps_per_epoch):
             loss = loss_of(shuffled[step * batch_size : (step + 1) * batch_size])
@@ -369,11 +454,11 @@ def refine_choice_net(
             loss.backward()
             optimizer.step()
             scheduler.step()
-    made.eval()
-    with torch.no_grad():
-        after = float(loss_of(val_rows))
+    for module in modules:
+        module.eval()
+    after = validation_loss()
     return {
-        "num_simulations": len(theta),
+        "num_simulations": num_rows,
         "epochs": epochs,
         "validation_loss_before": round(before, 6),
         "validation_loss_after": round(after, 6),
