@@ -103,9 +103,6 @@ def diagnostics(idata: az.InferenceData) -> dict[str, object]:
     """The numbers that say whether to trust a fit: worst R-hat and ESS over all
     posterior variables, divergent transitions, LOO's Pareto k and the
     training-domain warnings that `fit` recorded."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        summary = az.summary(idata, kind="diagnostics")
     posterior = idata.posterior
     draws = posterior.sizes["chain"] * posterior.sizes["draw"]
     divergent = None
@@ -117,17 +114,27 @@ def diagnostics(idata: az.InferenceData) -> dict[str, object]:
             warnings.simplefilter("ignore")
             loo = az.loo(idata, pointwise=True)
         bad_k = int((np.asarray(loo.pareto_k) > PARETO_K_MAX).sum())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # R-hat of one chain, constant draws
+        rhat = _extreme(az.rhat(idata), max) if posterior.sizes["chain"] > 1 else None
+        ess_bulk = _extreme(az.ess(idata, method="bulk"), min)
+        ess_tail = _extreme(az.ess(idata, method="tail"), min)
     return {
-        "max_rhat": float(summary["r_hat"].max())
-        if posterior.sizes["chain"] > 1
-        else None,
-        "min_ess_bulk": float(summary["ess_bulk"].min()),
-        "min_ess_tail": float(summary["ess_tail"].min()),
+        "max_rhat": rhat,
+        "min_ess_bulk": ess_bulk,
+        "min_ess_tail": ess_tail,
         "divergences": divergent,
         "draws": draws,
         "pareto_k_bad": bad_k,
         "domain_warnings": plot.domain_warnings(idata),
     }
+
+
+def _extreme(dataset, pick: Callable) -> float:
+    """The largest or smallest value over every variable and element, NaN skipped."""
+    values = np.concatenate([np.ravel(dataset[v].values) for v in dataset.data_vars])
+    values = values[np.isfinite(values)]
+    return float(pick(values)) if len(values) else float("nan")
 
 
 def _cell(value: object, bad: bool | None = None, text: bool = False) -> str:
