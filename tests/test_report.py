@@ -172,3 +172,15 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     # figures drawn: many distinct colours, not a blank or error page
     colours = np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 500
+
+
+def test_a_bare_fit_gets_notes_instead_of_missing_figures(tmp_path):
+    """A posterior alone (one chain, no predictive, no plugin): the report says
+    what it cannot draw, and why, instead of failing."""
+    rng = np.random.default_rng(0)
+    bare = az.from_dict(posterior={"w": rng.normal(size=(1, 50))})
+    text = render_report({"bare": bare})
+    assert len(images(text)) == 1  # the forest plot
+    assert "not drawn (this fit has no posterior_predictive group" in text
+    assert "not drawn (this fit records no simulator" in text
+    assert "n/a (1 chain)" in text and "One fit: nothing to compare" in text
