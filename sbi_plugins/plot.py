@@ -216,15 +216,11 @@ def _observable_kinds(idata: az.InferenceData) -> dict[str, str]:
 
 def _group_rows(idata: az.InferenceData, group: object) -> np.ndarray:
     """Boolean mask of the data rows of one group (by its label)."""
-    index_vars = (
-        [
-            str(n)
-            for n in getattr(idata, "constant_data", {}).data_vars
-            if str(n).endswith("_idx")
+    index_vars = []
+    if "constant_data" in idata.groups():
+        index_vars = [
+            str(n) for n in idata.constant_data.data_vars if str(n).endswith("_idx")
         ]
-        if "constant_data" in idata.groups()
-        else []
-    )
     if not index_vars:
         raise SbiPluginsError("this fit has no groups (constant_data has no *_idx)")
     name = index_vars[0]
