@@ -195,6 +195,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from sbi_plugins.report import fit_names, write_report
+
+    path = write_report(
+        dict(zip(fit_names(args.fits), args.fits, strict=True)),
+        args.out,
+        title=args.title,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
 def _sampler_options(parser: argparse.ArgumentParser, seed: int | None) -> None:
     parser.add_argument("--draws", type=int, default=1000, help="draws per chain")
     parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
@@ -279,6 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser(
+        "report",
+        help="one self-contained report.html of fits: figures, tables, diagnostics",
+    )
+    p.add_argument("fits", nargs="+", help="FIT.nc files")
+    p.add_argument("--out", required=True, help="directory to write report.html to")
+    p.add_argument("--title", default="sbi-plugins report", help="the page title")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the cookie factory: three fits, compared")
     p.add_argument("--out", default="sbi-plugins-demo", help="directory to write")

@@ -10,12 +10,17 @@ import pandas as pd
 
 from sbi_plugins.comparison import compare
 from sbi_plugins.errors import PluginError, SbiPluginsError
-from sbi_plugins.plots import save_shrinkage_plot
+from sbi_plugins.plot import save_shrinkage_plot
 from sbi_plugins.registry import get_simulator
+from sbi_plugins.report import REPORT_FILE, write_report
 from sbi_plugins.runner import fit
 
 POOLINGS = {"pooled": "complete", "unpooled": "none", "hierarchical": "partial"}
-DEMO_FILES = [f"{name}.nc" for name in POOLINGS] + ["shrinkage.png", "comparison.csv"]
+DEMO_FILES = [f"{name}.nc" for name in POOLINGS] + [
+    "shrinkage.png",
+    "comparison.csv",
+    REPORT_FILE,
+]
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -41,7 +46,7 @@ def run_demo(
     echo: Callable[[str], None] = print,
 ) -> dict[str, az.InferenceData]:
     """Fit the 150 cookies three ways with the shipped estimator and write the fits,
-    the comparison table and a shrinkage plot into `out_dir`."""
+    the comparison table, a shrinkage plot and `report.html` into `out_dir`."""
     out_dir = Path(out_dir)
     check_output_dir(out_dir)
     try:
@@ -74,6 +79,7 @@ def run_demo(
         idata.to_netcdf(str(out_dir / f"{name}.nc"))
     table.to_csv(out_dir / "comparison.csv")
     save_shrinkage_plot(fits, "lam", out_dir / "shrinkage.png")
+    write_report(fits, out_dir, title="sbi-plugins demo: the cookie factory")
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         echo("\nmodel comparison (PSIS-LOO, best first):")
         echo(table.to_string())

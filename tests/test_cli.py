@@ -231,8 +231,11 @@ def test_demo_writes_three_fits_a_table_and_a_plot(capsys, tmp_path):
         "hierarchical.nc",
         "shrinkage.png",
         "comparison.csv",
+        "report.html",
     ):
         assert (out / name).exists(), name
+    report = (out / "report.html").read_text()
+    assert report.count('<img src="data:image/png;base64,') == 8
     assert (out / "shrinkage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(out / "comparison.csv", index_col=0)
     assert table.index[-1] == "pooled"

@@ -1,0 +1,447 @@
+"""Thin plots on ArviZ and matplotlib: the pictures a scientist reads a fit by.
+
+Not a plotting library: each function draws one kind of figure from a fit's
+InferenceData (ArviZ does the statistics) and returns the matplotlib axes, to adjust
+or save. `sbi_plugins.report` puts them all in one HTML page.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import arviz as az
+import matplotlib
+
+matplotlib.use("Agg", force=False)
+import matplotlib.pyplot as plt
+import numpy as np
+
+from sbi_plugins.errors import PluginError, SbiPluginsError
+
+__all__ = [
+    "fit_attrs",
+    "plot_domain",
+    "plot_forest",
+    "plot_ppc",
+    "plot_shrinkage",
+    "save_shrinkage_plot",
+    "simulator_bounds",
+]
+
+EDGE_FRACTION = 0.01
+"""As in the runner: draws within 1% of the box width of a bound are 'at the edge'."""
+
+
+def fit_attrs(idata: az.InferenceData) -> dict[str, str]:
+    """The attrs `fit` records (simulator, pooling, domain warnings, ...), which live
+    on every group and survive a netCDF round trip."""
+    attrs: dict[str, str] = {}
+    for group in ("observed_data", "posterior"):
+        if group in idata.groups():
+            attrs.update(idata[group].attrs)
+    return attrs
+
+
+def simulator_bounds(idata: az.InferenceData) -> dict[str, tuple[float, float]]:
+    """The training box of the fit's simulator parameters, from its installed plugin."""
+    from sbi_plugins.registry import get_simulator
+
+    name = fit_attrs(idata).get("simulator")
+    if not name:
+        raise SbiPluginsError(
+            "this fit records no simulator (attrs['simulator']); pass "
+            "bounds={'name': (lower, upper)}"
+        )
+    try:
+        simulator = get_simulator(name)
+    except PluginError as exc:
+        raise SbiPluginsError(
+            f"the fit's simulator {name!r} is not installed ({exc}); install its "
+            "plugin or pass bounds={'name': (lower, upper)}"
+        ) from exc
+    return {p.name: (p.lower, p.upper) for p in simulator.parameters}
+
+
+def _group_dim(idata: az.InferenceData, parameter: str) -> str:
+    dims = [d for d in idata.posterior[parameter].dims if d not in ("chain", "draw")]
+    if len(dims) != 1:
+        raise SbiPluginsError(
+            f"{parameter!r} has no group dimension in this fit (pooling 'complete'?)"
+        )
+    return dims[0]
+
+
+def plot_shrinkage(
+    unpooled: az.InferenceData,
+    hierarchical: az.InferenceData,
+    parameter: str,
+    *,
+    pooled: az.InferenceData | None = None,
+    hdi_prob: float = 0.94,
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """Per group: the unpooled and the hierarchical estimate (mean and HDI), with the
+    population mean. Partial pooling pulls noisy groups towards the population."""
+    dim = _group_dim(hierarchical, parameter)
+    labels = hierarchical.posterior[dim].values
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.2 * len(labels) + 3, 4))
+    positions = np.arange(len(labels))
+    for offset, (name, idata, color) in zip(
+        (-0.12, 0.12),
+        (
+            ("unpooled", unpooled, "tab:gray"),
+            ("hierarchical", hierarchical, "tab:blue"),
+        ),
+        strict=True,
+    ):
+        draws = idata.posterior[parameter]
+        mean = draws.mean(("chain", "draw")).values
+        hdi = az.hdi(idata, var_names=[parameter], hdi_prob=hdi_prob)[parameter].values
+        ax.errorbar(
+            positions + offset,
+            mean,
+            yerr=np.abs(hdi.T - mean),
+            fmt="o",
+            color=color,
+            capsize=3,
+            label=f"{name} (mean, {hdi_prob:.0%} HDI)",
+        )
+    mu_name = f"{parameter}_mu"
+    if mu_name in hierarchical.posterior:
+        mu = float(hierarchical.posterior[mu_name].mean())
+        ax.axhline(
+            mu, color="tab:blue", ls="--", lw=1, label=f"population mean {mu_name}"
+        )
+    if pooled is not None:
+        value = float(pooled.posterior[parameter].mean())
+        ax.axhline(value, color="tab:red", ls=":", lw=1, label="pooled estimate")
+    ax.set_xticks(positions, [str(label) for label in labels])
+    ax.set_xlabel(dim)
+    ax.set_ylabel(parameter)
+    ax.set_title(f"Shrinkage of {parameter}: unpooled vs hierarchical")
+    ax.legend(fontsize="small", loc="best")
+    return ax
+
+
+def save_shrinkage_plot(
+    fits: Mapping[str, az.InferenceData], parameter: str, path: str | Path
+) -> Path:
+    """Write the shrinkage plot of a demo-style trio of fits as PNG."""
+    ax = plot_shrinkage(
+        fits["unpooled"], fits["hierarchical"], parameter, pooled=fits.get("pooled")
+    )
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=120)
+    plt.close(ax.figure)
+    return Path(path)
+
+
+def _as_fits(
+    fits: Mapping[str, az.InferenceData] | az.InferenceData,
+) -> dict[str, az.InferenceData]:
+    if isinstance(fits, az.InferenceData):
+        return {"fit": fits}
+    if not fits:
+        raise SbiPluginsError("no fits given: pass {'name': InferenceData, ...}")
+    return dict(fits)
+
+
+def shared_variables(fits: Mapping[str, az.InferenceData]) -> list[str]:
+    """Posterior variables every fit has, in the first fit's order."""
+    first, *rest = fits.values()
+    names = [
+        str(name)
+        for name in first.posterior.data_vars
+        if all(name in idata.posterior for idata in rest)
+    ]
+    if not names:
+        raise SbiPluginsError(
+            f"the fits {', '.join(map(repr, fits))} share no posterior variable; "
+            "pass var_names"
+        )
+    return names
+
+
+def plot_forest(
+    fits: Mapping[str, az.InferenceData] | az.InferenceData,
+    var_names: Sequence[str] | None = None,
+    *,
+    hdi_prob: float = 0.94,
+    combined: bool = True,
+    **kwargs,
+) -> np.ndarray:
+    """`az.plot_forest` of several fits side by side, labelled by model name: how
+    estimates move between pooling choices. Default variables: those all fits have."""
+    fits = _as_fits(fits)
+    names = list(var_names) if var_names else shared_variables(fits)
+    axes = az.plot_forest(
+        list(fits.values()),
+        model_names=list(fits),
+        var_names=names,
+        combined=combined,
+        hdi_prob=hdi_prob,
+        **kwargs,
+    )
+    axes[0].set_title(f"{hdi_prob:.0%} HDI by model")
+    return axes
+
+
+def _observable_kinds(idata: az.InferenceData) -> dict[str, str]:
+    """count / continuous / choice per observed variable: from the plugin when it is
+    installed, else read off the data (integers: counts, two values: a choice)."""
+    names = [str(n) for n in idata.observed_data.data_vars]
+    try:
+        from sbi_plugins.registry import get_simulator
+
+        simulator = get_simulator(fit_attrs(idata).get("simulator", ""))
+        kinds = {o.name: o.kind for o in simulator.observables}
+        if set(names) <= set(kinds):
+            return {n: kinds[n] for n in names}
+    except (PluginError, SbiPluginsError):
+        pass
+    kinds = {}
+    for name in names:
+        values = np.asarray(idata.observed_data[name].values, dtype=float)
+        if len(np.unique(values)) <= 2:
+            kinds[name] = "choice"
+        elif np.all(values == np.round(values)):
+            kinds[name] = "count"
+        else:
+            kinds[name] = "continuous"
+    return kinds
+
+
+def _group_rows(idata: az.InferenceData, group: object) -> np.ndarray:
+    """Boolean mask of the data rows of one group (by its label)."""
+    index_vars = []
+    if "constant_data" in idata.groups():
+        index_vars = [
+            str(n) for n in idata.constant_data.data_vars if str(n).endswith("_idx")
+        ]
+    if not index_vars:
+        raise SbiPluginsError("this fit has no groups (constant_data has no *_idx)")
+    name = index_vars[0]
+    dim = name[: -len("_idx")]
+    index = idata.constant_data[name].values
+    labels = None
+    if dim in idata.posterior.coords:
+        labels = [str(v) for v in idata.posterior.coords[dim].values]
+    if labels is not None and str(group) in labels:
+        return index == labels.index(str(group))
+    if labels is None and isinstance(group, (int, np.integer)):
+        return index == int(group)
+    raise SbiPluginsError(
+        f"no group {group!r} in this fit; its {dim!r} labels are "
+        f"{', '.join(labels or map(str, np.unique(index)))}"
+    )
+
+
+def _ppc_arrays(
+    idata: az.InferenceData, group: object, max_draws: int, seed: int
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Observed rows (n,) and simulated data sets (draws, n) per observable."""
+    if "posterior_predictive" not in idata.groups():
+        raise SbiPluginsError(
+            "this fit has no posterior_predictive group; fit it with "
+            "posterior_predictive=True"
+        )
+    rows = None if group is None else _group_rows(idata, group)
+    observed, predicted = {}, {}
+    rng = np.random.default_rng(seed)
+    pick = None
+    for name in idata.observed_data.data_vars:
+        obs = np.asarray(idata.observed_data[name].values, dtype=float)
+        pred = np.asarray(idata.posterior_predictive[name].values, dtype=float)
+        pred = pred.reshape(-1, pred.shape[-1])
+        if pick is None:
+            pick = np.sort(
+                rng.choice(len(pred), min(max_draws, len(pred)), replace=False)
+            )
+        if rows is not None:
+            obs, pred = obs[rows], pred[:, rows]
+        observed[str(name)], predicted[str(name)] = obs, pred[pick]
+    return observed, predicted
+
+
+def _edges(obs: np.ndarray, pred: np.ndarray, discrete: bool) -> np.ndarray:
+    lo = min(obs.min(), np.quantile(pred, 0.001))
+    hi = max(obs.max(), np.quantile(pred, 0.999))
+    if discrete and hi - lo <= 60:
+        return np.arange(np.floor(lo), np.ceil(hi) + 2) - 0.5
+    return np.linspace(lo, hi, 41)
+
+
+def _draw_histogram(
+    ax: plt.Axes,
+    obs: np.ndarray,
+    pred: np.ndarray,
+    edges: np.ndarray,
+    scale: float,
+    hdi_prob: float,
+) -> None:
+    """Observed histogram (steps) over the predictive mean and interval (band);
+    heights are densities times `scale`, so several panels can share one total."""
+    width = np.diff(edges)
+    obs_h = np.histogram(obs, edges)[0] / (width * scale)
+    pred_h = np.stack([np.histogram(p, edges)[0] for p in pred]) / (width * scale)
+    tail = (1 - hdi_prob) / 2
+    low, high = np.quantile(pred_h, [tail, 1 - tail], axis=0)
+    ax.stairs(
+        high,
+        edges,
+        baseline=low,
+        fill=True,
+        alpha=0.35,
+        color="tab:blue",
+        label=f"posterior predictive ({hdi_prob:.0%} interval)",
+    )
+    ax.stairs(
+        pred_h.mean(0), edges, color="tab:blue", label="posterior predictive mean"
+    )
+    ax.stairs(obs_h, edges, color="k", lw=1.5, label="observed")
+
+
+def plot_ppc(
+    idata: az.InferenceData,
+    *,
+    group: object = None,
+    max_draws: int = 200,
+    hdi_prob: float = 0.94,
+    seed: int = 0,
+) -> np.ndarray:
+    """Observed data against data sets the simulator made at posterior draws (not the
+    network: this is what checks the network). Counts: histograms; a choice with a
+    continuous observable (DDM): densities of the latter per response, each scaled by
+    the response's share, so choice proportions are checked too. `group`: one
+    group's rows only (its label)."""
+    observed, predicted = _ppc_arrays(idata, group, max_draws, seed)
+    kinds = _observable_kinds(idata)
+    choices = [n for n, k in kinds.items() if k == "choice"]
+    continuous = [n for n, k in kinds.items() if k == "continuous"]
+    where = "" if group is None else f" ({group})"
+    if len(kinds) == 2 and len(choices) == 1 and len(continuous) == 1:
+        (choice,), (value,) = choices, continuous
+        codes = np.unique(np.concatenate([observed[choice], predicted[choice].ravel()]))
+        fig, axes = plt.subplots(
+            1, len(codes), figsize=(5 * len(codes), 3.6), squeeze=False, sharey=True
+        )
+        edges = _edges(observed[value], predicted[value], discrete=False)
+        n = len(observed[value])
+        for ax, code in zip(axes[0], codes, strict=True):
+            obs = observed[value][observed[choice] == code]
+            pred = [
+                p[c == code]
+                for p, c in zip(predicted[value], predicted[choice], strict=True)
+            ]
+            _draw_histogram(ax, obs, pred, edges, n, hdi_prob)
+            share = np.mean([len(p) / n for p in pred])
+            ax.set_title(
+                f"{choice} = {code:g}{where}: observed {len(obs) / n:.0%}, "
+                f"predicted {share:.0%}"
+            )
+            ax.set_xlabel(value)
+        axes[0, 0].set_ylabel("density x share of response")
+        axes[0, 0].legend(fontsize="small")
+        fig.tight_layout()
+        return axes[0]
+    fig, axes = plt.subplots(
+        1, len(kinds), figsize=(5.5 * len(kinds), 3.6), squeeze=False
+    )
+    for ax, (name, kind) in zip(axes[0], kinds.items(), strict=True):
+        edges = _edges(observed[name], predicted[name], discrete=kind != "continuous")
+        _draw_histogram(
+            ax,
+            observed[name],
+            list(predicted[name]),
+            edges,
+            len(observed[name]),
+            hdi_prob,
+        )
+        ax.set_xlabel(name)
+        ax.set_ylabel("probability" if kind != "continuous" else "density")
+        ax.set_title(f"{name}{where}: observed vs posterior predictive")
+    axes[0, 0].legend(fontsize="small")
+    fig.tight_layout()
+    return axes[0]
+
+
+def plot_domain(
+    idata: az.InferenceData,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    *,
+    max_points: int = 300,
+    seed: int = 0,
+) -> np.ndarray:
+    """Posterior draws of each simulator parameter (per group) inside the box its
+    estimator was trained on. Draws piled against a bound mean the data want values
+    the estimator never saw: retrain on a wider box. `bounds` defaults to the
+    installed plugin's parameters."""
+    bounds = dict(bounds) if bounds is not None else simulator_bounds(idata)
+    names = [name for name in bounds if name in idata.posterior]
+    if not names:
+        raise SbiPluginsError(
+            f"none of the parameters {', '.join(bounds)} is in this fit's posterior"
+        )
+    heights = []
+    series = []
+    for name in names:
+        draws = idata.posterior[name]
+        dims = [d for d in draws.dims if d not in ("chain", "draw")]
+        if dims:
+            values = draws.stack(sample=("chain", "draw")).transpose(*dims, "sample")
+            labels = [str(v) for v in draws[dims[0]].values]
+            values = values.values.reshape(len(labels), -1)
+        else:
+            labels, values = ["(pooled)"], draws.values.reshape(1, -1)
+        series.append((name, labels, values))
+        heights.append(0.9 + 0.32 * len(labels))
+    fig, axes = plt.subplots(
+        len(names), 1, figsize=(7.5, sum(heights)), squeeze=False, height_ratios=heights
+    )
+    rng = np.random.default_rng(seed)
+    for ax, (name, labels, values) in zip(axes[:, 0], series, strict=True):
+        lower, upper = bounds[name]
+        margin = 0.05 * (upper - lower)
+        at_edge = False
+        for i, row in enumerate(values):
+            shown = row[rng.choice(len(row), min(max_points, len(row)), replace=False)]
+            jitter = rng.uniform(-0.25, 0.25, len(shown))
+            ax.scatter(shown, i + jitter, s=4, alpha=0.35, color="tab:blue", lw=0)
+            ax.plot(row.mean(), i, "|", color="k", ms=12, mew=2)
+            edge = EDGE_FRACTION * (upper - lower)
+            share = max(np.mean(row <= lower + edge), np.mean(row >= upper - edge))
+            at_edge |= bool(share > EDGE_FRACTION)
+        for side in ((lower - margin, lower), (upper, upper + margin)):
+            ax.axvspan(*side, color="tab:red", alpha=0.15, lw=0)
+        ax.set_xlim(lower - margin, upper + margin)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_yticks(range(len(labels)), labels)
+        ax.set_title(
+            f"{name}: training domain [{lower:g}, {upper:g}]"
+            + ("  -- draws pile up at a bound" if at_edge else ""),
+            color="tab:red" if at_edge else "k",
+            fontsize="medium",
+        )
+    axes[-1, 0].set_xlabel("posterior draws (dots), mean (bar); red: outside the box")
+    fig.tight_layout()
+    return axes[:, 0]
+
+
+def domain_warnings(idata: az.InferenceData) -> list[str]:
+    """The training-domain warnings `fit` recorded in the attrs."""
+    text = fit_attrs(idata).get("domain_warnings", "[]")
+    try:
+        return [str(w) for w in json.loads(text)]
+    except (TypeError, ValueError):
+        return [str(text)]
+
+
+def pooling_of(idata: az.InferenceData) -> dict[str, str]:
+    """Pooling per parameter, as `fit` recorded it ({} when unknown)."""
+    try:
+        return dict(json.loads(fit_attrs(idata).get("pooling", "{}")))
+    except (TypeError, ValueError):
+        return {}
