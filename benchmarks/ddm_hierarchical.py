@@ -2,10 +2,13 @@
 
     python benchmarks/ddm_hierarchical.py [--subjects 10 --trials 100]
                                           [--draws 1000 --tune 1000 --chains 4]
+    python benchmarks/ddm_hierarchical.py --subjects 30 --trials 200
 
 Same data, seed and sampler settings for both. Prints wall time, time per effective
-sample (slowest parameter), their ratio, and the agreement of the two posteriors:
-each mean's gap in exact posterior sd and each sd's ratio.
+sample (slowest parameter), their ratio, peak memory of each whole fit (chains,
+log-likelihood and posterior predictive included; see `memory.py`), and the
+agreement of the two posteriors: each mean's gap in exact posterior sd and each
+sd's ratio.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import warnings
 
 import arviz as az
 import numpy as np
+from memory import PeakMemory
 from sbi_plugins_ddm import simulate_dataset
 
 import sbi_plugins
@@ -34,6 +38,12 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument(
+        "--likelihoods",
+        nargs="+",
+        default=["exact", "neural"],
+        help="one alone: its time and memory only, no comparison",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     trials, _ = simulate_dataset(args.subjects, args.trials, seed=0)
@@ -42,27 +52,29 @@ def main() -> None:
         f"subjects x {args.trials} trials; {args.chains} chains x ({args.tune} + "
         f"{args.draws})"
     )
-    fits, seconds = {}, {}
-    for kind in ("exact", "neural"):
+    fits, seconds, peak = {}, {}, {}
+    for kind in args.likelihoods:
         start = time.perf_counter()
-        fits[kind] = sbi_plugins.fit(
-            trials,
-            "ddm",
-            group="participant_id",
-            pooling=POOLING,
-            likelihood=kind,
-            draws=args.draws,
-            tune=args.tune,
-            chains=args.chains,
-            seed=args.seed,
-            progress=False,
-        )
+        with PeakMemory() as memory:
+            fits[kind] = sbi_plugins.fit(
+                trials,
+                "ddm",
+                group="participant_id",
+                pooling=POOLING,
+                likelihood=kind,
+                draws=args.draws,
+                tune=args.tune,
+                chains=args.chains,
+                seed=args.seed,
+                progress=False,
+            )
         seconds[kind] = time.perf_counter() - start
+        peak[kind] = memory.mib
     summary = {
         k: az.summary(v, var_names=NAMES, round_to="none") for k, v in fits.items()
     }
     per_ess = {}
-    for kind in ("exact", "neural"):
+    for kind in args.likelihoods:
         ess = summary[kind]["ess_bulk"].min()
         per_ess[kind] = seconds[kind] / ess
         stats = fits[kind].sample_stats
@@ -70,9 +82,11 @@ def main() -> None:
             f"{kind:>6}: {seconds[kind]:7.1f} s wall, min ESS {ess:6.0f}, "
             f"{per_ess[kind] * 1000:7.2f} ms per effective sample, mean leapfrog "
             f"steps {float(stats['n_steps'].mean()):.1f}, divergences "
-            f"{int(stats['diverging'].sum())}, "
+            f"{int(stats['diverging'].sum())}, peak memory {peak[kind]:.0f} MiB, "
             f"elpd_loo {az.loo(fits[kind]).elpd_loo:.2f}"
         )
+    if len(summary) < 2:
+        return
     exact, neural = summary["exact"], summary["neural"]
     gap = (neural["mean"] - exact["mean"]).abs() / exact["sd"]
     ratio = neural["sd"] / exact["sd"]

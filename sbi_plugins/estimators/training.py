@@ -27,7 +27,12 @@ are scheduled."""
 
 NUM_EXAMPLE_ROWS = 64
 
-TRAINING_OPTIONS = ("choice_simulations", "choice_epochs")
+TRAINING_OPTIONS = (
+    "choice_simulations",
+    "choice_epochs",
+    "flow_simulations",
+    "flow_epochs",
+)
 """Recipe options that steer training, not the network's shape."""
 
 
@@ -290,6 +295,17 @@ def train(
             seed=seed + 1,
             progress=progress,
         )
+    flow_refinement = None
+    if kind == "mnle" and recipe.options.get("flow_simulations"):
+        flow_refinement = refine_flow(
+            net,
+            simulator,
+            config,
+            num_simulations=int(recipe.options["flow_simulations"]),
+            epochs=int(recipe.options.get("flow_epochs", 4)),
+            seed=seed + 2,
+            progress=progress,
+        )
     net.eval()
     summary = trainer.summary
     metadata = {
@@ -310,6 +326,7 @@ def train(
             "simulation_seconds": round(simulated - started, 2),
             "training_seconds": round(time.perf_counter() - simulated, 2),
             **({"choice_refinement": refinement} if refinement else {}),
+            **({"flow_refinement": flow_refinement} if flow_refinement else {}),
         },
         "versions": package_versions(),
     }
