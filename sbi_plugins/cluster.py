@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 from sbi_plugins.errors import SbiPluginsError
-
 
 CONNECT_TIMEOUT = "10s"
 """How long to wait for a scheduler before giving up with a message."""
@@ -42,6 +43,18 @@ def get_client(client: Any) -> Any:
         f"client must be a dask.distributed.Client or a scheduler address such as "
         f"'tcp://host:8786', got {type(client).__name__}"
     )
+
+
+@contextmanager
+def connected(client: Any) -> Iterator[Any]:
+    """A Client for the duration of the block; one made here from an address is
+    closed after it, one passed in stays open for its owner."""
+    dask_client = get_client(client)
+    try:
+        yield dask_client
+    finally:
+        if dask_client is not client:
+            dask_client.close()
 
 
 def can_fork_workers() -> bool:

@@ -84,7 +84,10 @@ def fit_many(
         "progress": False,
     }
     if client is not None:
-        stream = _on_dask(get_client(client), items, sim, fitted, options)
+        dask_client = get_client(client)
+        stream = _on_dask(
+            dask_client, items, sim, fitted, options, dask_client is not client
+        )
     else:
         n = local_workers(workers, len(items))
         if n > 1:
@@ -213,6 +216,7 @@ def _on_dask(
     simulator: Simulator,
     estimator: TrainedEstimator | None,
     options: dict[str, Any],
+    close: bool,
 ) -> Iterator[FitOutcome]:
     """The estimator is scattered to every worker once; each data set is a task.
     A task whose worker dies is rerun by the scheduler elsewhere, up to Dask's
@@ -257,3 +261,5 @@ def _on_dask(
             client.cancel(list(pending))
         if shared is not None:
             shared.release()
+        if close:
+            client.close()

@@ -263,3 +263,49 @@ def test_fit_many_refuses_one_data_set_and_parallel_chains(datasets):
         sbi_plugins.fit_many(datasets, "cookie", cores=4)
     with pytest.raises(SbiPluginsError, match="no data sets"):
         sbi_plugins.fit_many({}, "cookie")
+
+
+def test_cli_train_passes_scheduler_workers_and_device(
+    monkeypatch, tmp_path, capsys, tiny_cookie_estimator
+):
+    from sbi_plugins.cli import main
+
+    calls = []
+
+    def fake_train(simulator, **kwargs):
+        calls.append(kwargs)
+        return tiny_cookie_estimator
+
+    monkeypatch.setattr("sbi_plugins.estimators.train", fake_train)
+    out = tmp_path / "e.pt"
+    argv = ["train", "cookie", "--scheduler", "tcp://10.0.0.5:8786", "--out", out]
+    assert main([*map(str, argv), "--workers", "3", "--device", "auto"]) == 0
+    assert calls[0]["client"] == "tcp://10.0.0.5:8786"
+    assert calls[0]["workers"] == 3 and calls[0]["device"] == "auto"
+    assert out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "pattern"),
+    [
+        (["--scheduler", "tcp://127.0.0.1:9"], "cannot reach the Dask scheduler"),
+        (["--workers", "0"], "workers must be at least 1"),
+        (["--device", "cuda:7"] if not torch.cuda.is_available() else [], "CUDA"),
+    ],
+)
+def test_cli_train_cluster_errors_are_one_line(
+    monkeypatch, tmp_path, capsys, extra, pattern
+):
+    from sbi_plugins import cluster
+    from sbi_plugins.cli import main
+
+    if not extra:
+        pytest.skip("a GPU is present")
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "1s")
+    argv = ["train", "cookie", "--num-simulations", "500", "--out", tmp_path / "e.pt"]
+    assert main([*map(str, argv), "--no-progress", *extra]) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("sbi-plugins: error: "), err
+    assert pattern in lines[0]
+    assert not (tmp_path / "e.pt").exists()

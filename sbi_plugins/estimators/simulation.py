@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import ClusterError, get_client, local_workers, process_pool
+from sbi_plugins.cluster import ClusterError, connected, local_workers, process_pool
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import SbiPluginsError
 
@@ -73,8 +74,11 @@ def simulate_chunks(
     total = sum(size for _, size in chunks)
     sizes = dict(chunks)
     results: dict[int, ChunkResult] = {}
+    stack = ExitStack()
     if client is not None:
-        where = _on_dask(get_client(client), simulator, seed, chunks)
+        where = _on_dask(
+            stack.enter_context(connected(client)), simulator, seed, chunks
+        )
     else:
         if workers is None and len(chunks) < LOCAL_PROCESSES_FROM:
             workers = 1
@@ -84,12 +88,16 @@ def simulate_chunks(
             if n > 1
             else ((i, simulate_chunk(simulator, seed, i, s)) for i, s in chunks)
         )
-    with tqdm(
-        total=total,
-        desc=f"simulating {simulator.name}",
-        unit="sim",
-        disable=not progress,
-    ) as bar:
+    stack.enter_context(closing(where))  # cancels what is left, then disconnects
+    with (
+        stack,
+        tqdm(
+            total=total,
+            desc=f"simulating {simulator.name}",
+            unit="sim",
+            disable=not progress,
+        ) as bar,
+    ):
         for index, result in where:
             results[index] = result
             bar.update(sizes[index])
