@@ -84,3 +84,11 @@ def process_pool(
         initializer=initializer,
         initargs=initargs,
     )
+
+
+def task_error(future: Any) -> str:
+    """What went wrong with a Dask future that did not finish."""
+    if future.status == "error":
+        exc = future.exception()
+        return f"{type(exc).__name__}: {exc}"
+    return f"task {future.status}"

@@ -21,7 +21,7 @@ import arviz as az
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import get_client, local_workers, process_pool
+from sbi_plugins.cluster import get_client, local_workers, process_pool, task_error
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
@@ -245,15 +245,16 @@ def _on_dask(
         futures.append(future)
     pending = set(futures)
     try:
-        for future in as_completed(futures):
+        for future, result in as_completed(
+            futures, with_results=True, raise_errors=False
+        ):
             pending.discard(future)
             i, key = where[future.key]
-            try:
-                outcome = future.result()
-            except Exception as exc:
-                outcome = FitOutcome(
-                    key, i, error=f"lost on the cluster: {type(exc).__name__}: {exc}"
-                )
+            if future.status == "finished":
+                outcome = result
+            else:
+                error = f"lost on the cluster: {task_error(future)}"
+                outcome = FitOutcome(key, i, error=error)
             future.release()
             yield outcome
     finally:

@@ -120,6 +120,18 @@ def test_unreachable_scheduler_is_a_clear_error(cookie, monkeypatch):
         )
 
 
+def _broken_simulate(theta, rng):
+    raise ValueError("boom")
+
+
+def test_a_failing_simulator_on_the_cluster_names_the_chunk(client, cookie):
+    from sbi_plugins.cluster import ClusterError
+
+    broken = dataclasses.replace(cookie, simulate=_broken_simulate)
+    with pytest.raises(ClusterError, match=r"chunk \d+ of 'cookie' failed.*ValueError"):
+        simulate_chunks(broken, 0, plan_chunks(300, 100), client=client, progress=False)
+
+
 def _slow_simulate(theta, rng, markers: str):
     """Cookie chips, slowly, leaving a marker per call: which chunk (its first
     parameter value) ran, and how often."""

@@ -17,7 +17,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import ClusterError, connected, local_workers, process_pool
+from sbi_plugins.cluster import (
+    ClusterError,
+    connected,
+    local_workers,
+    process_pool,
+    task_error,
+)
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import SbiPluginsError
 
@@ -158,16 +164,17 @@ def _on_dask(
     index_of = {f.key: i for f, (i, _) in zip(futures, chunks, strict=True)}
     pending = set(futures)
     try:
-        for future in as_completed(futures):
+        # results are fetched concurrently in the background as tasks finish
+        for future, result in as_completed(
+            futures, with_results=True, raise_errors=False
+        ):
             pending.discard(future)
             index = index_of[future.key]
-            try:
-                result = future.result()
-            except Exception as exc:
+            if future.status != "finished":
                 raise ClusterError(
                     f"simulation chunk {index} of {simulator.name!r} failed on the "
-                    f"cluster: {type(exc).__name__}: {exc}"
-                ) from exc
+                    f"cluster: {task_error(future)}"
+                )
             future.release()
             yield index, result
     finally:
