@@ -9,9 +9,11 @@ dying, is reported for that data set, and the others are kept.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 import uuid
+import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +87,7 @@ def fit_many(
     }
     if client is not None:
         dask_client = get_client(client)
+        warn_if_workers_share_processes(dask_client)
         stream = _on_dask(
             dask_client, items, sim, fitted, options, dask_client is not client
         )
@@ -96,6 +99,22 @@ def fit_many(
             options["cores"] = fit_options.get("cores")
             stream = (_fit_one(k, i, d, sim, fitted, options) for i, (k, d) in items)
     return _with_progress(stream, len(items), sim.name, progress)
+
+
+def warn_if_workers_share_processes(client: Any) -> None:
+    """Fits running side by side in one process share Pyro's and torch's global
+    random state, so their draws would depend on timing: say so."""
+    threads = client.nthreads()
+    pids = client.run(os.getpid)
+    if any(n > 1 for n in threads.values()) or len(set(pids.values())) < len(pids):
+        warnings.warn(
+            "some Dask workers run several tasks in one process; fits that share a "
+            "process share torch's random state and are not reproducible. Start "
+            "workers with one thread each in their own process (`dask worker "
+            "--nthreads 1 --nworkers N`, LocalCluster(threads_per_worker=1, "
+            "processes=True))",
+            stacklevel=3,
+        )
 
 
 def collect_fits(

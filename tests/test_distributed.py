@@ -181,7 +181,7 @@ def test_a_killed_worker_loses_no_finished_chunk_and_its_chunk_is_rerun(
 
 @pytest.mark.slow
 def test_fit_many_on_the_cluster_equals_fitting_each_alone(
-    client, datasets, tiny_cookie_estimator
+    client, datasets, tiny_cookie_estimator, recwarn
 ):
     bad = datasets["site1"].assign(chips=-1)
     outcomes = list(
@@ -195,6 +195,7 @@ def test_fit_many_on_the_cluster_equals_fitting_each_alone(
         )
     )
     fits, failures = sbi_plugins.collect_fits(outcomes)
+    assert not [w for w in recwarn if "share torch" in str(w.message)]
     assert list(fits) == list(datasets)
     assert list(failures) == ["bad"]
     assert "DataError" in failures["bad"] and "negative" in failures["bad"]
@@ -321,3 +322,17 @@ def test_cli_train_cluster_errors_are_one_line(
     assert len(lines) == 1 and lines[0].startswith("sbi-plugins: error: "), err
     assert pattern in lines[0]
     assert not (tmp_path / "e.pt").exists()
+
+
+def test_fit_many_warns_when_fits_would_share_a_process(datasets):
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as threaded,
+        pytest.warns(UserWarning, match="share torch's random state"),
+    ):
+        outcomes = sbi_plugins.fit_many(
+            datasets, "cookie", client=threaded, likelihood="exact", progress=False
+        )
+    outcomes.close()
