@@ -217,7 +217,7 @@ def test_fit_many_reports_a_data_set_lost_with_its_worker_and_keeps_the_rest(
     monkeypatch.setattr(scheduler, "allowed_failures", 0)
     client.wait_for_workers(2, timeout=120)
     pids = client.run(os.getpid)
-    many = {f"{k}-{r}": d for r in range(2) for k, d in datasets.items()}
+    many = {f"{k}-{r}": d for r in range(2) for k, d in list(datasets.items())[:2]}
     killed: list[str] = []
     outcomes = []
     for outcome in sbi_plugins.fit_many(
