@@ -85,7 +85,10 @@ def test_cluster_gives_the_same_training_data_as_the_local_path(client, cookie):
     other_seed = simulate_training_data(
         cookie, 45_000, seed=3, progress=False, workers=1
     )
-    assert _same(local, remote)
+    by_address = simulate_training_data(
+        cookie, 45_000, seed=2, progress=False, client=client.scheduler.address
+    )
+    assert _same(local, remote) and _same(local, by_address)
     assert not np.array_equal(local[0], other_seed[0])
 
 
