@@ -76,6 +76,10 @@ def fit_many(
         )
     if "data" in fit_options or "simulator" in fit_options:
         raise SbiPluginsError("pass the data sets and the simulator positionally")
+    if likelihood not in ("neural", "exact"):
+        raise SbiPluginsError(
+            f"likelihood must be 'neural' or 'exact', got {likelihood!r}"
+        )
     fitted = None
     if likelihood == "neural":
         fitted = resolve_estimator(sim, estimator, progress=progress)

@@ -279,6 +279,8 @@ def test_fit_many_refuses_one_data_set_and_parallel_chains(datasets):
         sbi_plugins.fit_many(datasets, "cookie", cores=4)
     with pytest.raises(SbiPluginsError, match="no data sets"):
         sbi_plugins.fit_many({}, "cookie")
+    with pytest.raises(SbiPluginsError, match="likelihood must be"):
+        sbi_plugins.fit_many(datasets, "cookie", likelihood="approximate")
 
 
 def test_cli_train_passes_scheduler_workers_and_device(
