@@ -24,7 +24,15 @@ from sbi_plugins.registry import get_simulator, list_plugins
 
 __version__ = "0.1.0"
 
-_API = ("fit", "compare", "train", "likelihood", "load_estimator")
+_API = (
+    "fit",
+    "compare",
+    "train",
+    "likelihood",
+    "load_estimator",
+    "fit_many",
+    "collect_fits",
+)
 
 
 def __getattr__(name: str):
@@ -52,8 +60,10 @@ __all__ = [
     "PriorFamily",
     "SbiPluginsError",
     "Simulator",
+    "collect_fits",
     "compare",
     "fit",
+    "fit_many",
     "get_simulator",
     "hookimpl",
     "likelihood",

@@ -1,13 +1,23 @@
 """The public surface: fit, compare, train, likelihood, list_plugins."""
 
 from sbi_plugins.comparison import compare
+from sbi_plugins.distributed import collect_fits, fit_many
 from sbi_plugins.estimators import load as load_estimator
 from sbi_plugins.estimators import train as _train
 from sbi_plugins.likelihoods import likelihood
 from sbi_plugins.registry import get_simulator, list_plugins
 from sbi_plugins.runner import fit
 
-__all__ = ["compare", "fit", "likelihood", "list_plugins", "load_estimator", "train"]
+__all__ = [
+    "collect_fits",
+    "compare",
+    "fit",
+    "fit_many",
+    "likelihood",
+    "list_plugins",
+    "load_estimator",
+    "train",
+]
 
 
 def train(simulator, **kwargs):

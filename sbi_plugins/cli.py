@@ -81,6 +81,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         num_simulations=args.num_simulations,
         seed=args.seed,
         progress=not args.no_progress,
+        client=args.scheduler,
+        workers=args.workers,
+        device=args.device,
     )
     estimator.save(out, overwrite=not args.out)
     training = estimator.metadata["training"]
@@ -232,6 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-simulations", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="estimator file to write (default: the cache)")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="simulate on this Dask cluster (tcp://host:8786); same seed, same data",
+    )
+    p.add_argument(
+        "--workers", type=int, help="local simulation processes (default: cores)"
+    )
+    p.add_argument(
+        "--device", default="cpu", help="train on cpu, cuda, cuda:N or auto (cpu)"
+    )
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_train)
 

@@ -347,7 +347,11 @@ def test_flow_refinement_trains_only_the_flow(ddm):
     refined = train(
         ddm,
         **tiny,
-        options={"log_transform_x": True, "flow_simulations": 40_000, "flow_epochs": 10},
+        options={
+            "log_transform_x": True,
+            "flow_simulations": 40_000,
+            "flow_epochs": 10,
+        },
     )
     report = refined.metadata["training"]["flow_refinement"]
     assert report["validation_loss_after"] < report["validation_loss_before"] - 0.01
