@@ -17,7 +17,6 @@ from collections.abc import Callable
 import numpy as np
 import pyro.distributions as dist
 import torch
-from nflows.transforms.made import MaskedLinear
 from sbi.utils.pyroutils import to_pyro_distribution
 from torch.distributions import constraints
 
@@ -188,29 +187,10 @@ class GroupedRows(dist.TorchDistribution):
 def _frozen(net: torch.nn.Module) -> torch.nn.Module:
     """A copy without weight gradients: inference never needs them, NUTS's JIT
     cannot trace weights that require them, and backward passes get cheaper."""
-    frozen = _fold_masks(copy.deepcopy(net).eval())
+    frozen = copy.deepcopy(net).eval()
     for parameter in frozen.parameters():
         parameter.requires_grad_(False)
     return frozen
-
-
-def _fold_masks(module: torch.nn.Module) -> torch.nn.Module:
-    """Masked linear layers (MADE) multiply weight by mask on every call; with frozen
-    weights the product is a constant, so take it once: the same numbers, fewer ops
-    in every NUTS step."""
-    for name, child in module.named_children():
-        if isinstance(child, MaskedLinear):
-            linear = torch.nn.Linear(
-                child.in_features, child.out_features, bias=child.bias is not None
-            )
-            with torch.no_grad():
-                linear.weight.copy_(child.weight * child.mask)
-                if child.bias is not None:
-                    linear.bias.copy_(child.bias)
-            setattr(module, name, linear)
-        else:
-            _fold_masks(child)
-    return module
 
 
 class Likelihood:
