@@ -1,0 +1,100 @@
+"""Cost of one NUTS gradient step: the model's potential and its gradient, exact vs
+neural likelihood, on the benchmark data sets.
+
+    OMP_NUM_THREADS=1 python benchmarks/gradient_cost.py [--repeats 3]
+
+Builds the very model `fit` samples (Pyro's `initialize_model`, JIT as in `fit`)
+and times `potential_grad` at the initial point, exact and neural interleaved in
+one process, so the ratio holds even on a busy machine. Wall time of a fit is
+mostly this times the number of leapfrog steps; the ratio neural/exact here is the
+floor of the fits' time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+
+import pyro
+import torch
+from pyro.infer.mcmc.util import initialize_model
+from pyro.ops.integrator import potential_grad
+
+import sbi_plugins
+from sbi_plugins.data import prepare_data
+from sbi_plugins.estimators.resolve import shipped_estimator
+from sbi_plugins.hierarchy import HierarchicalModel, normalize_pooling, plan_parameters
+from sbi_plugins.idata import log_likelihood_name
+from sbi_plugins.likelihoods import Likelihood
+
+
+def study(name: str):
+    if name == "cookie":
+        from sbi_plugins_cookie import example_data
+
+        return example_data(), "location", "partial"
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(10, 100, seed=0)
+    pooling = {"v": "partial", "a": "partial", "z": "complete", "t": "complete"}
+    return trials, "participant_id", pooling
+
+
+def potential(name: str, kind: str):
+    sim = sbi_plugins.get_simulator(name)
+    data, group, pooling = study(name)
+    prepared = prepare_data(data, sim, group)
+    plans = plan_parameters(sim, normalize_pooling(pooling, sim, True), None)
+    model = HierarchicalModel(plans, prepared.num_groups, prepared.group_dim)
+    lik = (
+        Likelihood(sim) if kind == "exact" else Likelihood(sim, shipped_estimator(sim))
+    )
+    kwargs = {
+        "x": torch.as_tensor(prepared.x, dtype=torch.float64),
+        "group_index": torch.as_tensor(prepared.group_index),
+        "likelihood": lik,
+        "site": log_likelihood_name(sim),
+    }
+    pyro.set_rng_seed(0)
+    init, fn, _, _ = initialize_model(
+        model, model_kwargs=kwargs, jit_compile=True, skip_jit_warnings=True
+    )
+    params = {k: v.detach() for k, v in init.items()}
+    for _ in range(50):  # tracing and the JIT's profiling runs
+        potential_grad(fn, params)
+    return fn, params
+
+
+def cpu_ms(fn, params, n: int) -> float:
+    start = time.process_time()
+    for _ in range(n):
+        potential_grad(fn, params)
+    return (time.process_time() - start) / n * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--evaluations", type=int, default=1000)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 torch thread")
+    for name in ("cookie", "ddm"):
+        built = {kind: potential(name, kind) for kind in ("exact", "neural")}
+        times = {"exact": [], "neural": []}
+        for _ in range(args.repeats):
+            for kind, (fn, params) in built.items():
+                times[kind].append(cpu_ms(fn, params, args.evaluations))
+        exact, neural = min(times["exact"]), min(times["neural"])
+        print(
+            f"{name:>6}: exact {exact:.3f} ms, neural {neural:.3f} ms per potential "
+            f"+ gradient (best of {args.repeats}); neural / exact {neural / exact:.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
