@@ -31,6 +31,7 @@ from sbi_plugins.formulas import (
 from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
 from sbi_plugins.idata import build_inference_data, log_likelihood_name
 from sbi_plugins.likelihoods import Likelihood
+from sbi_plugins.precondition import laplace_start
 from sbi_plugins.sampling import run_nuts
 from sbi_plugins.versions import package_versions
 
@@ -86,7 +87,17 @@ def fit_formula_model(
         "likelihood": lik,
         "site": site,
     }
-    results = run_nuts(FormulaModel(plan), model_kwargs, seed=seed, **sampler)
+    model = FormulaModel(plan)
+    start = laplace_start(model, model_kwargs, sampler["chains"], seed)
+    starts, inverse_mass = start if start is not None else (None, None)
+    results = run_nuts(
+        model,
+        model_kwargs,
+        seed=seed,
+        starts=starts,
+        inverse_mass=inverse_mass,
+        **sampler,
+    )
     raw = _stack([r.samples for r in results])
     theta = cell_parameter_draws(raw, plan)
     cells = dataclasses.replace(prepared, group_index=plan.cell_index)
