@@ -346,3 +346,72 @@ def test_cli_formula_fit(capsys, tmp_path, small):
     err = capsys.readouterr().err
     assert err.startswith("sbi-plugins: error: formula 'q ~ 1' is for 'q'")
     assert "Traceback" not in err and not (tmp_path / "other.nc").exists()
+
+
+FIT = {"draws": 150, "tune": 150, "chains": 2, "progress": False}
+EFFECT = {"v": "v ~ 1 + C(condition) + (1|participant_id)"}
+NO_EFFECT = {"v": "v ~ 1 + (1|participant_id)"}
+
+
+def _fit(frame, formulas, lik="exact", **options):
+    return sbi_plugins.fit(
+        frame,
+        "ddm",
+        group="participant_id",
+        formulas=formulas,
+        pooling="complete",
+        likelihood=lik,
+        seed=3,
+        **{**FIT, **options},
+    )
+
+
+@pytest.mark.slow
+def test_recovers_a_condition_effect_on_drift(ddm):
+    """20 subjects x 2 conditions x 100 trials: the 94% interval of the effect
+    covers the truth and excludes 0; the fit has what InferenceData promises."""
+    frame = ddm_design(ddm, subjects=20, trials=100, effect=TRUE_EFFECT, seed=1)
+    idata = _fit(frame, EFFECT)
+    effect = idata.posterior["v_C(condition)"]
+    low, high = az.hdi(effect, hdi_prob=0.94)["v_C(condition)"].values
+    assert low < TRUE_EFFECT < high
+    assert high < 0
+    assert az.rhat(effect).item() < 1.05
+    assert idata.sample_stats["diverging"].sum().item() == 0
+    assert (
+        idata.posterior["v_1|participant_id"].sizes["participant_id__factor_dim"] == 20
+    )
+    assert idata.log_likelihood[SITE].sizes["__obs__"] == 4000
+    assert idata.posterior_predictive["rt"].sizes["__obs__"] == 4000
+
+
+@pytest.fixture(scope="module")
+def comparison_data(ddm):
+    return ddm_design(ddm, subjects=10, trials=40, effect=TRUE_EFFECT, seed=5)
+
+
+@pytest.fixture(scope="module")
+def exact_effect_fit(comparison_data):
+    return _fit(comparison_data, EFFECT)
+
+
+@pytest.mark.slow
+def test_neural_matches_exact_on_a_formula_model(comparison_data, exact_effect_fit):
+    """The same formula model with the shipped estimator: every coefficient's
+    posterior mean within 0.3 posterior sd of the exact likelihood's."""
+    neural = _fit(comparison_data, EFFECT, lik="neural")
+    names = ["v_Intercept", "v_C(condition)", "v_1|participant_id_sigma"]
+    names += ["a_Intercept", "t_Intercept"]
+    for name in names:
+        exact = exact_effect_fit.posterior[name]
+        gap = abs(neural.posterior[name].mean() - exact.mean()) / exact.std()
+        assert gap.item() < 0.3, (name, gap.item())
+
+
+@pytest.mark.slow
+def test_loo_prefers_the_true_effect_model(comparison_data, exact_effect_fit):
+    without = _fit(comparison_data, NO_EFFECT)
+    table = sbi_plugins.compare({"effect": exact_effect_fit, "no effect": without})
+    assert table.index[0] == "effect"
+    gap = table.loc["no effect", "elpd_diff"]
+    assert gap > 2 * table.loc["no effect", "dse"], table
