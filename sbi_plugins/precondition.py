@@ -10,6 +10,7 @@ phase; windowed adaptation then refines both as usual. The model is unchanged.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -92,28 +93,42 @@ def laplace_start(
         [x], lr=1, max_iter=300, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
     )
 
+    best = [float(potential(x0)), x0]
+
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         value = potential(x)
         value.backward()
+        if torch.isfinite(value) and float(value) < best[0]:
+            best[:] = [float(value), x.detach().clone()]
         return value
 
-    try:
+    # the line search may step over a wall (-inf log density, NaN gradients): keep
+    # the best finite point seen
+    with contextlib.suppress(RuntimeError):
         optimizer.step(closure)
-    except RuntimeError:
-        return None
-    mode = x.detach()
+    mode = best[1]
     value, _ = gradient(mode)
     if not torch.isfinite(value):
         return None
     d = mode.numel()
+    _, center = gradient(mode)
     hessian = torch.empty(d, d, dtype=torch.float64)
     for i in range(d):
         step = torch.zeros(d, dtype=torch.float64)
         step[i] = STEP
-        _, up = gradient(mode + step)
-        _, down = gradient(mode - step)
-        hessian[i] = (up - down) / (2 * STEP)
+        up_value, up = gradient(mode + step)
+        down_value, down = gradient(mode - step)
+        # the mode may sit at a wall (t just below the fastest RT): one-sided there
+        if torch.isfinite(up_value) and torch.isfinite(down_value):
+            hessian[i] = (up - down) / (2 * STEP)
+        elif torch.isfinite(up_value):
+            hessian[i] = (up - center) / STEP
+        elif torch.isfinite(down_value):
+            hessian[i] = (center - down) / STEP
+        else:
+            hessian[i] = 0.0
+            hessian[i, i] = 1 / STEP**2
     if not torch.isfinite(hessian).all():
         return None
     hessian = 0.5 * (hessian + hessian.T)
