@@ -362,20 +362,25 @@ class FormulaModel:
         for parameter, common, group in self._terms:
             eta = torch.zeros(self.plan.num_cells, dtype=torch.float64)
             for name, x, loc, scale in common:
-                beta = pyro.sample(name, dist.Normal(loc, scale).to_event(1))
+                beta = pyro.sample(
+                    name, dist.Normal(loc, scale, validate_args=False).to_event(1)
+                )
                 eta = eta + x @ beta
             for name, shape, z, level, expr in group:
                 sigma = pyro.sample(
                     f"{name}_sigma",
                     dist.HalfNormal(
-                        torch.full((shape[1],), SIGMA_SCALE).double()
+                        torch.full((shape[1],), SIGMA_SCALE).double(),
+                        validate_args=False,
                     ).to_event(1),
                 )
                 offset = pyro.sample(
                     f"{name}_offset",
-                    dist.Normal(torch.zeros(shape, dtype=torch.float64), 1.0).to_event(
-                        2
-                    ),
+                    dist.Normal(
+                        torch.zeros(shape, dtype=torch.float64),
+                        1.0,
+                        validate_args=False,
+                    ).to_event(2),
                 )
                 coefficients = sigma[expr] * offset[level, expr]
                 eta = eta + z @ coefficients

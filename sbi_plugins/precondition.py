@@ -136,7 +136,11 @@ def laplace_start(
         variance = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(hessian)))
     except RuntimeError:  # not positive definite at the mode: curvature per axis
         variance = 1 / torch.diag(hessian).clamp_min(1e-2)
-    variance = variance.clamp(1e-10, 4.0)
+    per_axis = 1 / torch.diag(hessian).clamp_min(1e-2)
+    variance = torch.where(
+        torch.isfinite(variance) & (variance > 0), variance, per_axis
+    )
+    variance = variance.nan_to_num(1.0).clamp(1e-10, 4.0)
     inverse_mass = _unflat(names, shapes, variance)
 
     starts = []
@@ -147,6 +151,8 @@ def laplace_start(
             z = mode + scale * variance.sqrt() * jitter
             if torch.isfinite(potential(z)):
                 break
+        else:
+            z = mode
         values = _unflat(names, shapes, z)
         starts.append({n: transforms[n].inv(values[n]).detach() for n in names})
     return starts, inverse_mass
