@@ -106,6 +106,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.simulator,
         group=args.group,
         pooling=parse_pooling(args.pooling),
+        formulas=args.formula,
         estimator=args.estimator,
         likelihood=args.likelihood,
         draws=args.draws,
@@ -257,6 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--pooling",
         default="partial",
         help="partial, none, complete, or per parameter: v=partial,a=complete",
+    )
+    p.add_argument(
+        "--formula",
+        action="append",
+        metavar="FORMULA",
+        help="a parameter's regression formula, e.g. \"v ~ 1 + difficulty + "
+        '(1|participant_id)"; repeat for more parameters',
     )
     p.add_argument("--likelihood", choices=("neural", "exact"), default="neural")
     p.add_argument("--estimator", help="estimator file (default: shipped or cached)")

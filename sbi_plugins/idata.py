@@ -44,12 +44,17 @@ def build_inference_data(
     simulator: Simulator,
     plans: list[ParameterPlan],
     attrs: dict[str, Any],
+    extra_dims: dict[str, list[str]] | None = None,
+    extra_coords: dict[str, Any] | None = None,
 ) -> az.InferenceData:
-    """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...)."""
+    """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...).
+    `extra_dims`/`extra_coords` name the dims of other posterior variables (the
+    coefficients of formula models)."""
     group_dim = data.group_dim
     dims: dict[str, list[str]] = {
         plan.name: [group_dim] for plan in plans if plan.grouped
     }
+    dims.update(extra_dims or {})
     observed = {name: data.x[:, j] for j, name in enumerate(simulator.observable_names)}
     for name in simulator.observable_names:
         dims[name] = [OBS_DIM]
@@ -58,6 +63,7 @@ def build_inference_data(
     constant = {f"{group_dim}_idx": data.group_index}
     dims[f"{group_dim}_idx"] = [OBS_DIM]
     coords = {group_dim: _coord(data.group_labels), OBS_DIM: _coord(data.row_labels)}
+    coords.update({k: _coord(v) for k, v in (extra_coords or {}).items()})
     attrs = {
         **attrs,
         "data_fingerprint": data_fingerprint(data.x),

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from sbi_plugins.contract import PopulationPrior, Simulator
-from sbi_plugins.data import PreparedData, prepare_data
+from sbi_plugins.data import PreparedData, prepare_data, read_table
 from sbi_plugins.errors import DomainWarning, SbiPluginsError
 from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
 from sbi_plugins.hierarchy import (
@@ -55,6 +55,7 @@ def fit(
     cores: int | None = None,
     target_accept: float = 0.8,
     posterior_predictive: bool | int = True,
+    formulas: Mapping[str, str] | list[str] | str | None = None,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data with NUTS.
 
@@ -65,6 +66,10 @@ def fit(
     `posterior_predictive`: True simulates one data set per draw, thinned evenly to
     at most 2 million simulated rows for large data; an int asks for that many draws
     per chain; False skips it.
+
+    `formulas`, e.g. `{"v": "v ~ 1 + difficulty + (1|participant_id)"}`, give
+    parameters regression formulas (see `sbi_plugins.formulas`); the others follow
+    `pooling`, translated to its formula.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -73,10 +78,17 @@ def fit(
         )
     if min(draws, chains) < 1 or tune < 0:
         raise SbiPluginsError("draws and chains must be at least 1, tune at least 0")
+    if formulas is not None:
+        data = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(data, sim, group)
-    plans = plan_parameters(
-        sim, normalize_pooling(pooling, sim, group is not None), priors
-    )
+    if formulas is not None:
+        from sbi_plugins.formula_fit import plan_from_arguments
+
+        formula_plan = plan_from_arguments(data, sim, formulas, pooling, group, priors)
+    else:
+        plans = plan_parameters(
+            sim, normalize_pooling(pooling, sim, group is not None), priors
+        )
     # the data's own checks first: no estimator is trained for data that cannot fit
     check_observations(sim, None, prepared.x, prepared.row_labels)
     if likelihood == "exact":
@@ -87,6 +99,25 @@ def fit(
         check_observations(sim, lik.estimator, prepared.x, prepared.row_labels)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
+    if formulas is not None:
+        from sbi_plugins.formula_fit import fit_formula_model
+
+        return fit_formula_model(
+            formula_plan,
+            sim,
+            prepared,
+            lik,
+            sampler={
+                "draws": draws,
+                "tune": tune,
+                "chains": chains,
+                "progress": progress,
+                "cores": cores,
+                "target_accept": target_accept,
+            },
+            seed=seed,
+            posterior_predictive=posterior_predictive,
+        )
 
     model = HierarchicalModel(plans, prepared.num_groups, prepared.group_dim)
     site = log_likelihood_name(sim)

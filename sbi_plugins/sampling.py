@@ -22,6 +22,7 @@ import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS
+from pyro.infer.autoguide.initialization import init_to_value
 from tqdm.auto import tqdm
 
 PROGRESS_EVERY = 25
@@ -93,6 +94,8 @@ class _Job:
     target_accept: float
     max_tree_depth: int
     jit: bool
+    starts: list[dict[str, torch.Tensor]] | None = None
+    inverse_mass: dict[str, torch.Tensor] | None = None
 
 
 _JOB: _Job | None = None
@@ -123,7 +126,16 @@ def _sample_chain(
         jit_compile=job.jit,
         ignore_jit_warnings=True,
         full_mass=False,
+        **(
+            {"init_strategy": init_to_value(values=job.starts[chain])}
+            if job.starts
+            else {}
+        ),
     )
+    if job.inverse_mass is not None:
+        from sbi_plugins.precondition import PresetMassMatrix
+
+        kernel.mass_matrix_adapter = PresetMassMatrix(job.inverse_mass)
     total = job.draws + job.tune
 
     def hook(_kernel: Any, _sample: Any, _stage: Any, i: int) -> None:
@@ -173,10 +185,23 @@ def run_nuts(
     target_accept: float = 0.8,
     max_tree_depth: int = 10,
     jit: bool = True,
+    starts: list[dict[str, torch.Tensor]] | None = None,
+    inverse_mass: dict[str, torch.Tensor] | None = None,
 ) -> list[ChainResult]:
-    """Run `chains` NUTS chains, in parallel processes where cores allow."""
+    """Run `chains` NUTS chains, in parallel processes where cores allow; optional
+    per-chain initial values and initial inverse mass (`sbi_plugins.precondition`)."""
     global _JOB
-    job = _Job(model, model_kwargs, draws, tune, target_accept, max_tree_depth, jit)
+    job = _Job(
+        model,
+        model_kwargs,
+        draws,
+        tune,
+        target_accept,
+        max_tree_depth,
+        jit,
+        starts,
+        inverse_mass,
+    )
     seeds = chain_seeds(seed, chains)
     cores = min(chains, cores or os.cpu_count() or 1)
     bars = [
