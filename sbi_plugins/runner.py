@@ -197,17 +197,18 @@ def _draw_batches(num_draws: int, num_rows: int) -> list[slice]:
 def pointwise_log_likelihood(
     lik: Likelihood, theta: np.ndarray, data: PreparedData
 ) -> np.ndarray:
-    """log p(row | its group's parameters) for every draw and row: what LOO needs."""
+    """log p(row | its group's parameters) for every draw and row: what LOO needs.
+    Scored per group where the likelihood allows (the networks run once per draw
+    and group, not once per draw and row), in batches of draws."""
     chains, draws = theta.shape[:2]
     flat = theta.reshape(chains * draws, *theta.shape[2:])
     x = torch.as_tensor(data.x, dtype=torch.float64)
+    group_index = torch.as_tensor(data.group_index)
     out = np.empty((chains * draws, len(data.x)))
     with torch.no_grad():
         for batch in _draw_batches(len(flat), len(data.x)):
-            rows = torch.as_tensor(
-                flat[batch][:, data.group_index, :], dtype=torch.float64
-            )
-            out[batch] = lik.log_prob(rows, x).numpy()
+            groups = torch.as_tensor(flat[batch], dtype=torch.float64)
+            out[batch] = lik.log_prob_grouped(groups, group_index, x).numpy()
     return out.reshape(chains, draws, len(data.x))
 
 

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -130,3 +131,33 @@ def test_rows_distribution_guards_groups_outside_the_box(lik):
     index = torch.tensor([0, 1, 0])
     lp = lik.rows(theta, index).log_prob(torch.tensor([[4.0], [4.0], [6.0]]))
     assert torch.isfinite(lp[[0, 2]]).all() and lp[1] == -math.inf
+
+
+@pytest.mark.parametrize("name", ["cookie", "ddm"])
+def test_pointwise_log_likelihood_equals_scoring_each_row(name):
+    """The log-likelihood group, scored per group in batches of draws, holds sbi's
+    row-by-row numbers for every draw and row (DDM: both choices, rt < t too)."""
+    from sbi_plugins.data import prepare_data
+    from sbi_plugins.runner import pointwise_log_likelihood
+
+    sim = sbi_plugins.get_simulator(name)
+    lik = sbi_plugins.likelihood(sim, progress=False)
+    rng = np.random.default_rng(0)
+    groups, chains, draws = 4, 2, 3
+    theta = sim.sample_training_prior(chains * draws * groups, rng).reshape(
+        chains, draws, groups, -1
+    )
+    group_index = np.repeat(np.arange(groups), 5)
+    x = sim.simulate(theta[0, 0][group_index], rng)
+    if name == "ddm":
+        x[:3, 0] = 0.5 * theta[0, 0, group_index[:3], 3]  # rt < t: impossible rows
+    frame = {o: x[:, j] for j, o in enumerate(sim.observable_names)}
+    data = prepare_data(pd.DataFrame({**frame, "g": group_index}), sim, "g")
+    got = pointwise_log_likelihood(lik, theta, data)
+    rows = torch.as_tensor(theta[:, :, data.group_index], dtype=torch.float64)
+    with torch.no_grad():
+        want = lik.log_prob(rows, torch.as_tensor(data.x)).numpy()
+    assert got.shape == (chains, draws, len(x))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if name == "ddm":
+        assert np.isneginf(got[0, 0, :3]).all()
