@@ -10,6 +10,8 @@ from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
+import torch
+
 from sbi_plugins.errors import SbiPluginsError
 
 CONNECT_TIMEOUT = "10s"
@@ -77,13 +79,22 @@ def local_workers(workers: int | None, tasks: int) -> int:
 def process_pool(
     workers: int, initializer: Any, initargs: tuple
 ) -> ProcessPoolExecutor:
-    """A forked pool whose workers receive `initargs` by inheritance (not pickled)."""
+    """A forked pool whose workers receive `initargs` by inheritance (not pickled).
+
+    Each worker runs on one torch thread, set before any torch work: a forked child
+    that enters an OpenMP parallel region its parent's thread team already used
+    hangs (GNU OpenMP is not fork-safe), and one process per core is the point."""
     return ProcessPoolExecutor(
         max_workers=workers,
         mp_context=mp.get_context("fork"),
-        initializer=initializer,
-        initargs=initargs,
+        initializer=_single_threaded,
+        initargs=(initializer, initargs),
     )
+
+
+def _single_threaded(initializer: Any, initargs: tuple) -> None:
+    torch.set_num_threads(1)
+    initializer(*initargs)
 
 
 def task_error(future: Any) -> str:
