@@ -275,40 +275,56 @@ def test_pooled_z_agrees_with_exact_on_a_small_study(small_study_summaries):
     assert abs(a.loc["z", "mean"] - b.loc["z", "mean"]) / b.loc["z", "sd"] < 0.3
 
 
-def test_choice_refinement_trains_only_the_choice_net(ddm):
-    """The recipe's extra stage lowers the choice net's held-out loss, leaves the
-    flow as the joint training made it, and is recorded in the metadata."""
+TINY_TRAINING = {
+    "num_simulations": 3000,
+    "hidden_features": 16,
+    "num_transforms": 1,
+    "max_num_epochs": 2,
+    "seed": 1,
+    "progress": False,
+}
+
+
+@pytest.fixture(scope="module")
+def plain_tiny(ddm):
     from sbi_plugins.estimators.training import train
 
-    tiny = {
-        "num_simulations": 3000,
-        "hidden_features": 16,
-        "num_transforms": 1,
-        "max_num_epochs": 2,
-        "seed": 1,
-        "progress": False,
+    return train(ddm, **TINY_TRAINING, options={"log_transform_x": True})
+
+
+@pytest.mark.parametrize(
+    "stage, epochs, trained, kept",
+    [
+        ("choice", 3, "discrete_net", "continuous_net"),
+        ("flow", 10, "continuous_net", "discrete_net"),
+    ],
+)
+def test_refinement_stage_trains_only_its_part(
+    ddm, plain_tiny, stage, epochs, trained, kept
+):
+    """A recipe's extra stage lowers its part's held-out loss, leaves the other part
+    as the joint training made it (still trainable), and is recorded in the
+    metadata but not in the network's shape."""
+    from sbi_plugins.estimators.training import train
+
+    options = {
+        "log_transform_x": True,
+        f"{stage}_simulations": 40_000,
+        f"{stage}_epochs": epochs,
     }
-    plain = train(ddm, **tiny, options={"log_transform_x": True})
-    refined = train(
-        ddm,
-        **tiny,
-        options={
-            "log_transform_x": True,
-            "choice_simulations": 40_000,
-            "choice_epochs": 3,
-        },
-    )
-    report = refined.metadata["training"]["choice_refinement"]
+    refined = train(ddm, **TINY_TRAINING, options=options)
+    report = refined.metadata["training"][f"{stage}_refinement"]
     assert report["validation_loss_after"] < report["validation_loss_before"] - 0.01
-    assert "choice_simulations" not in refined.metadata["network"]
-    flow = plain.net.continuous_net.state_dict()
-    for name, value in refined.net.continuous_net.state_dict().items():
-        torch.testing.assert_close(value, flow[name], rtol=0, atol=0)
-    choice = plain.net.discrete_net.state_dict()
+    assert f"{stage}_simulations" not in refined.metadata["network"]
+    before = getattr(plain_tiny.net, kept).state_dict()
+    for name, value in getattr(refined.net, kept).state_dict().items():
+        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
+    before = getattr(plain_tiny.net, trained).state_dict()
     assert any(
-        not torch.equal(value, choice[name])
-        for name, value in refined.net.discrete_net.state_dict().items()
+        not torch.equal(value, before[name])
+        for name, value in getattr(refined.net, trained).state_dict().items()
     )
+    assert all(p.requires_grad for p in getattr(refined.net, kept).parameters())
 
 
 def test_per_group_mnle_scoring_equals_sbi_row_by_row(ddm):
@@ -333,40 +349,3 @@ def test_per_group_mnle_scoring_equals_sbi_row_by_row(ddm):
     (g_fast,) = torch.autograd.grad(grouped[finite].sum(), theta)
     (g_row,) = torch.autograd.grad(by_row[finite].sum(), theta)
     torch.testing.assert_close(g_fast, g_row, rtol=1e-3, atol=1e-3)
-
-
-def test_flow_refinement_trains_only_the_flow(ddm):
-    """The recipe's flow stage lowers the flow's held-out loss, leaves the choice
-    net as it was, and is recorded in the metadata."""
-    from sbi_plugins.estimators.training import train
-
-    tiny = {
-        "num_simulations": 3000,
-        "hidden_features": 16,
-        "num_transforms": 1,
-        "max_num_epochs": 2,
-        "seed": 1,
-        "progress": False,
-    }
-    plain = train(ddm, **tiny, options={"log_transform_x": True})
-    refined = train(
-        ddm,
-        **tiny,
-        options={
-            "log_transform_x": True,
-            "flow_simulations": 40_000,
-            "flow_epochs": 10,
-        },
-    )
-    report = refined.metadata["training"]["flow_refinement"]
-    assert report["validation_loss_after"] < report["validation_loss_before"] - 0.01
-    assert "flow_simulations" not in refined.metadata["network"]
-    choice = plain.net.discrete_net.state_dict()
-    for name, value in refined.net.discrete_net.state_dict().items():
-        torch.testing.assert_close(value, choice[name], rtol=0, atol=0)
-    flow = plain.net.continuous_net.state_dict()
-    assert any(
-        not torch.equal(value, flow[name])
-        for name, value in refined.net.continuous_net.state_dict().items()
-    )
-    assert all(p.requires_grad for p in refined.net.discrete_net.parameters())
