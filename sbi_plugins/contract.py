@@ -74,6 +74,11 @@ class Observable:
     excess (`rt - t`), which has the same density; values at or below the shift get
     probability zero exactly, as in the exact likelihood, instead of a smoothed edge
     that would bias the shift parameter.
+
+    `scale` (with or without a shift) says the value, after its shift, is a product
+    of parameters times a quantity the network learns instead, e.g. `{"a": 2}`: the
+    DDM's decision time is `a**2` times a time of boundary 1. Only parameters with
+    positive lower bounds may appear in it.
     """
 
     name: str
@@ -83,6 +88,7 @@ class Observable:
     codes: tuple[float, ...] = ()
     description: str = ""
     shift: str | None = None
+    scale: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         _check_name("observable", self.name)
@@ -111,6 +117,11 @@ class Observable:
             raise ContractError(
                 f"observable {self.name!r}: only a continuous observable can have a "
                 "shift parameter"
+            )
+        if self.scale is not None and (self.kind != "continuous" or not self.scale):
+            raise ContractError(
+                f"observable {self.name!r}: scale needs a continuous observable and "
+                "at least one parameter"
             )
 
 
@@ -214,6 +225,12 @@ class Simulator:
     `simulate(theta, rng)` takes an `(n, len(parameters))` float array and a numpy
     Generator and returns an `(n, len(observables))` array. `log_likelihood(theta, x)`
     (optional, torch, differentiable in theta) is the exact reference.
+
+    `network_condition` (optional) declares that, once shifts and scales are taken
+    out, the data depend on the parameters only through these products of them, e.g.
+    `({"v": 1, "a": 1}, {"z": 1})` for the DDM; the estimator is then conditioned on
+    those products (see `sbi_plugins.reduction`). Only declare an exact symmetry:
+    `check` and the tests compare against the exact likelihood where there is one.
     """
 
     name: str
@@ -227,6 +244,7 @@ class Simulator:
     recipe: EstimatorRecipe = field(default_factory=EstimatorRecipe)
     example_data: Callable[[], Any] | None = None
     example_group: str | None = None
+    network_condition: tuple[Mapping[str, float], ...] | None = None
     contract_version: int = CONTRACT_VERSION
 
     def __post_init__(self) -> None:
@@ -249,6 +267,24 @@ class Simulator:
                 raise ContractError(
                     f"simulator {self.name!r}: observable {obs.name!r} is shifted by "
                     f"{obs.shift!r}, which is not a parameter"
+                )
+            for name in obs.scale or {}:
+                if name not in self.parameter_names:
+                    raise ContractError(
+                        f"simulator {self.name!r}: observable {obs.name!r} is scaled "
+                        f"by {name!r}, which is not a parameter"
+                    )
+                if self.parameter(name).lower <= 0:
+                    raise ContractError(
+                        f"simulator {self.name!r}: observable {obs.name!r} is scaled "
+                        f"by {name!r}, whose lower bound is not positive"
+                    )
+        for product in self.network_condition or ():
+            unknown = set(product) - set(self.parameter_names)
+            if unknown or not product or 0 in product.values():
+                raise ContractError(
+                    f"simulator {self.name!r}: network_condition entry {dict(product)} "
+                    "must be a non-empty mapping of parameter names to non-zero powers"
                 )
         unknown = set(self.population_priors) - set(self.parameter_names)
         if unknown:

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
 from torch import Tensor
+
+from sbi_plugins import reduction
 
 
 def categorical_table(made: torch.nn.Module, theta: Tensor) -> Tensor:
@@ -33,7 +37,7 @@ def count_log_prob(
     theta: Tensor,
     group_index: Tensor,
     x: Tensor,
-    shifts: list | None = None,
+    network: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """Rows of counts `x[:, 0]` under a CategoricalMassEstimator, per group."""
     table = categorical_table(net.net, theta)
@@ -182,13 +186,13 @@ def mnle_log_prob(
     theta: Tensor,
     group_index: Tensor,
     x: Tensor,
-    shifts: list | None = None,
+    network: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """Rows `(value, choice index)` under sbi's MixedDensityEstimator, theta of
     shape `(..., groups, P)`; returns `(..., rows)`. The networks see one context
     per (draw, group, choice) cell; each row only evaluates its cell's splines.
-    With a shift `[[0, k]]` the value is its excess over parameter k of its group
-    (zero probability where that is not positive)."""
+    The value is shifted and scaled as the network's config says (see
+    `sbi_plugins.reduction`), with probability zero where its excess is not positive."""
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
     n = flat.shape[0]
@@ -213,14 +217,23 @@ def mnle_log_prob(
     cell = group_index * choices + x[:, 1].long()  # (rows,) within one draw
     draw = torch.arange(n // groups).reshape(*batch, 1) if batch else torch.zeros(1)
     cell = (draw.long() * groups * choices + cell).reshape(-1)  # (draws * rows,)
-    value = x[:, 0].expand(*batch, rows)
-    valid = torch.ones_like(value, dtype=torch.bool)
-    for _, k in shifts or []:
-        value = value - theta[..., group_index, k]
-        valid = value > 0
-        value = value.clamp_min(1e-9)
-    value = value.reshape(-1).float()
-    z = value.log() if net.log_transform_input else value
+    value, valid, log_scale = reduction.network_value(
+        network or {}, theta, x[:, 0], 0, group_index
+    )
+    value = value.expand(*batch, rows).reshape(-1).float()
+    if log_scale is not None:
+        log_scale = log_scale.expand(*batch, rows).reshape(-1).float()
+    jacobian = None  # log |d z / d value| beyond the flow's own
+    if net.log_transform_input:
+        # z = log((x - t) / s): the shift and scale's Jacobian and the log's
+        # together are 1 / (x - t), whatever the scale
+        log_value = value.log()
+        z = log_value if log_scale is None else log_value - log_scale
+        jacobian = -log_value
+    elif log_scale is not None:
+        z, jacobian = value * torch.exp(-log_scale), -log_scale
+    else:
+        z = value
     logdet = torch.zeros_like(z)
     transforms = flow._transform._transforms
     splines = [t for t in transforms if isinstance(t, SPLINE)]
@@ -236,7 +249,9 @@ def mnle_log_prob(
         logdet = logdet + step
     base = -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
     total = base + logdet + choice_table[cell]
-    if net.log_transform_input:
-        total = total - value.log()
+    if jacobian is not None:
+        total = total + jacobian
     total = total.reshape(*batch, rows)
+    if valid is None:
+        return total
     return torch.where(valid, total, torch.full_like(total, -math.inf))

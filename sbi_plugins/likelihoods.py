@@ -20,7 +20,7 @@ import torch
 from sbi.utils.pyroutils import to_pyro_distribution
 from torch.distributions import constraints
 
-from sbi_plugins import grouped
+from sbi_plugins import grouped, reduction
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.estimators.artifact import TrainedEstimator
@@ -215,9 +215,7 @@ class Likelihood:
         self.high = torch.tensor(simulator.upper, dtype=torch.float64)
         self.event_shape = torch.Size([len(simulator.observables)])
         self._checked: set[tuple] = set()
-        self._shifts = (
-            [] if self.exact else estimator.metadata["network"].get("shift", [])
-        )
+        self._network = {} if self.exact else estimator.metadata["network"]
         self._grouped = None if self.exact else self._choose_grouped_path()
 
     @property
@@ -231,25 +229,10 @@ class Likelihood:
         batch = torch.broadcast_shapes(theta.shape[:-1], x.shape[:-1])
         theta = theta.expand(*batch, theta.shape[-1])
         x = encode_choices(self.simulator, x.expand(*batch, x.shape[-1]))
-        x, valid = self._subtract_shifts(theta, x)
+        x, valid, log_jacobian = reduction.transform_values(self._network, theta, x)
         base = to_pyro_distribution(self._net, theta.float())
-        lp = base.log_prob(x.float()).to(theta.dtype)
+        lp = base.log_prob(x.float()).to(theta.dtype) + log_jacobian
         return torch.where(valid, lp, torch.full_like(lp, -math.inf))
-
-    def _subtract_shifts(
-        self, theta: torch.Tensor, x: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The network sees a shifted observable's excess over its parameter; rows
-        without a positive excess have probability zero."""
-        valid = torch.ones(x.shape[:-1], dtype=torch.bool)
-        if not self._shifts:
-            return x, valid
-        columns = list(x.unbind(-1))
-        for j, k in self._shifts:
-            excess = columns[j].to(theta.dtype) - theta[..., k]
-            valid = valid & (excess > 0)
-            columns[j] = excess.clamp_min(1e-9)
-        return torch.stack(columns, dim=-1), valid
 
     def log_prob_grouped(
         self, theta: torch.Tensor, group_index: torch.Tensor, x: torch.Tensor
@@ -262,7 +245,7 @@ class Likelihood:
         """
         if self._grouped is not None:
             encoded = encode_choices(self.simulator, x.to(theta.dtype))
-            lp = self._grouped(self._net, theta, group_index, encoded, self._shifts)
+            lp = self._grouped(self._net, theta, group_index, encoded, self._network)
             return lp.to(theta.dtype)
         return self.log_prob(theta[..., group_index, :], x)
 
@@ -288,7 +271,7 @@ class Likelihood:
         try:
             with torch.no_grad():
                 encoded = encode_choices(self.simulator, x)
-                fast = candidate(self._net, theta, index, encoded, self._shifts)
+                fast = candidate(self._net, theta, index, encoded, self._network)
                 slow = self.log_prob(theta[index], x)
             if torch.allclose(fast.double(), slow, rtol=1e-4, atol=1e-4):
                 return candidate

@@ -395,26 +395,29 @@ def exact_effect_fit(comparison_data):
     return _fit(comparison_data, EFFECT)
 
 
+COMPARED = [
+    "v_Intercept",
+    "v_C(condition)",
+    "v_1|participant_id_sigma",
+    "a_Intercept",
+    "z_Intercept",
+    "t_Intercept",
+]
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 8 open: the neural formula fit is not yet reliably within 0.3 sd "
-    "of the exact one (v_1|participant_id_sigma 0.51 sd in a CI run); short chains",
-)
 def test_neural_matches_exact_on_a_formula_model(comparison_data, exact_effect_fit):
-    """The same formula model with the shipped estimator: the drift coefficients'
-    posterior means within 0.3 posterior sd of the exact likelihood's. The pooled
-    a and t are held to 0.6 sd: with hundreds of trials pooled into one value the
-    estimator's small systematic error shows (as docs/ddm.md says of z)."""
+    """The same formula model with the shipped estimator: every coefficient's
+    posterior mean within 0.3 exact posterior sd of the exact likelihood's, beyond
+    two Monte Carlo standard errors of the difference (short chains here; the
+    benchmark's long ones give the figure), and sds within 25%."""
     neural = _fit(comparison_data, EFFECT, lik="neural")
-    limits = {"v_Intercept": 0.3, "v_C(condition)": 0.3}
-    limits |= {"v_1|participant_id_sigma": 0.3, "a_Intercept": 0.6, "t_Intercept": 0.6}
-    gaps = {}
-    for name in limits:
-        exact = exact_effect_fit.posterior[name]
-        gaps[name] = abs(neural.posterior[name].mean() - exact.mean()).item()
-        gaps[name] /= exact.std().item()
-    assert all(gaps[n] < limit for n, limit in limits.items()), gaps
+    a = az.summary(neural, var_names=COMPARED, round_to="none")
+    b = az.summary(exact_effect_fit, var_names=COMPARED, round_to="none")
+    gap = (a["mean"] - b["mean"]).abs() / b["sd"]
+    noise = (a["mcse_mean"] ** 2 + b["mcse_mean"] ** 2) ** 0.5 / b["sd"]
+    assert (gap - 0.3 - 2 * noise < 0).all(), {"gap": gap, "noise": noise}
+    assert ((a["sd"] / b["sd"] - 1).abs() < 0.25).all(), a["sd"] / b["sd"]
 
 
 @pytest.mark.slow

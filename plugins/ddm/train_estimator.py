@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 python plugins/ddm/train_estimator.py
 
-Trains the plugin's RECIPE (MNLE, 1,000,000 simulations, 20 epochs, then the choice
-net alone on 10,000,000 more for 8 epochs) with seed 2025, about 16 minutes on one
-core of a 2-core x86_64 machine; writes
+Trains the plugin's RECIPE (MNLE on (v a, z) and (rt - t) / a**2, 1,000,000
+simulations, 20 epochs) with seed 2025, about 9 minutes on one core of a 2-core
+x86_64 machine; writes
 `sbi_plugins_ddm/ddm-mnle.pt` and records its checksum in `sbi_plugins_ddm/__init__.py`.
 The recipe, seed, epochs and validation loss travel in the file's metadata.
 """

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbi_plugins.errors import EstimatorError
+from sbi_plugins.reduction import NetworkCondition
 
 ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
 
@@ -35,23 +36,35 @@ class LogColumns(nn.Module):
 
 
 def theta_embedding(config: dict[str, Any], theta: Tensor) -> nn.Module:
-    """Optional log of positive parameters, then z-scoring."""
+    """The declared parameter products (if any), the log of positive columns, then
+    z-scoring."""
+    layers: list[nn.Module] = []
+    if config.get("condition"):
+        layers.append(NetworkCondition(config["condition"]))
+        theta = layers[0](theta)
     mask = config.get("log_theta") or [False] * theta.shape[-1]
     logs = LogColumns(mask)
-    return nn.Sequential(logs, standardizing_net(logs(theta), structured_dims=False))
+    layers += [logs, standardizing_net(logs(theta), structured_dims=False)]
+    return nn.Sequential(*layers)
+
+
+def _context_features(embedding: nn.Module, theta: Tensor) -> int:
+    with torch.no_grad():
+        return int(embedding(theta[:2]).shape[-1])
 
 
 def build_categorical(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
     """A categorical mass estimator over counts 0..K-1: a probability for every count,
     so discrete data get a probability, not a density."""
     categories = torch.tensor(config["num_categories"])
+    embedding = theta_embedding(config, theta)
     made = CategoricalMADE(
         num_categories=categories,
         num_hidden_features=config["hidden_features"],
-        num_context_features=theta.shape[-1],
+        num_context_features=_context_features(embedding, theta),
         num_blocks=config["num_layers"],
         activation=ACTIVATIONS[config.get("activation", "relu")],
-        embedding_net=theta_embedding(config, theta),
+        embedding_net=embedding,
     )
     return CategoricalMassEstimator(
         made, input_shape=x[0].shape, condition_shape=theta[0].shape
@@ -84,7 +97,7 @@ def build_mixed(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
         made = CategoricalMADE(
             num_categories=categories,
             num_hidden_features=config["hidden_features"],
-            num_context_features=theta.shape[-1],
+            num_context_features=_context_features(mixed.condition_embedding, theta),
             num_blocks=2,
             activation=ACTIVATIONS[activation],
             embedding_net=mixed.condition_embedding,
@@ -99,6 +112,10 @@ def build_mixed(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
 
 def build_flow(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
     """A neural spline flow for continuous data."""
+    if config.get("condition"):
+        raise EstimatorError(
+            "a network_condition needs an MNLE or categorical estimator, not 'nsf'"
+        )
     return build_nsf(
         batch_x=x,
         batch_y=theta,
