@@ -11,6 +11,7 @@ phase; windowed adaptation then refines both as usual. The model is unchanged.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -104,8 +105,9 @@ def laplace_start(
         return value
 
     # the line search may step over a wall (-inf log density, NaN gradients): keep
-    # the best finite point seen
-    with contextlib.suppress(RuntimeError):
+    # the best finite point seen, without Pyro's NaN warning for every such step
+    with contextlib.suppress(RuntimeError), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Encountered NaN")
         optimizer.step(closure)
     mode = best[1]
     value, _ = gradient(mode)
