@@ -60,35 +60,26 @@ class NetworkCondition(nn.Module):
 
 
 def transform_values(
-    config: Mapping[str, Any],
-    theta: Tensor,
-    x: Tensor,
-    group_index: Tensor | None = None,
+    config: Mapping[str, Any], theta: Tensor, x: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """What the network sees of rows `x`: each shifted column as its excess over its
-    parameter, each scaled column divided by its scale. `theta` is row-aligned, or
-    per group (`(..., groups, P)`) with `group_index` naming each row's group, so
-    only the columns used are gathered per row. Returns the new rows, which rows
-    have a positive excess (the others have probability zero), and the
-    log-Jacobian to add to the network's log-density."""
-    shifts, scales = config.get("shift", []), config.get("scale", [])
+    """What the network sees of rows `x` under row-aligned `theta`: each shifted
+    column as its excess over its parameter, each scaled column divided by its
+    scale. Returns the new rows, which rows have a positive excess (the others have
+    probability zero), and the log-Jacobian to add to the network's log-density."""
     valid = torch.ones(x.shape[:-1], dtype=torch.bool)
     log_jacobian = torch.zeros(x.shape[:-1], dtype=theta.dtype)
-    if not shifts and not scales:
+    changed = {j for j, _ in config.get("shift", []) + config.get("scale", [])}
+    if not changed:
         return x, valid, log_jacobian
-
-    def per_row(values: Tensor) -> Tensor:
-        return values if group_index is None else values[..., group_index]
-
     columns = list(x.to(theta.dtype).unbind(-1))
-    for j, k in shifts:
-        excess = columns[j] - per_row(theta[..., k])
-        valid = valid & (excess > 0)
-        columns[j] = excess.clamp_min(1e-9)
-    for j, product in scales:
-        scale = per_row(evaluate(product, theta))
-        columns[j] = columns[j] / scale
-        log_jacobian = log_jacobian - scale.log()
+    for j in changed:
+        value, positive, log_scale = network_value(config, theta, columns[j], j)
+        if positive is not None:
+            valid = valid & positive
+        if log_scale is not None:
+            value = value * torch.exp(-log_scale)
+            log_jacobian = log_jacobian - log_scale
+        columns[j] = value
     return torch.stack(torch.broadcast_tensors(*columns), dim=-1), valid, log_jacobian
 
 
