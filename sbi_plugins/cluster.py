@@ -97,6 +97,20 @@ def _single_threaded(initializer: Any, initargs: tuple) -> None:
     initializer(*initargs)
 
 
+def finished_in_turn(futures: list[Any]) -> Iterator[tuple[Any, Any]]:
+    """`(future, result)` for Dask futures in the order they finish; the result is
+    None where the task failed (see `task_error`). Each result is fetched here, one at
+    a time, and the future released before the next: `as_completed(with_results=True)`
+    fetches in background batches, and releasing a key while such a batch is in
+    flight can leave it waiting forever (dask/distributed#7331; a CI run hung so)."""
+    from distributed import as_completed
+
+    for future in as_completed(futures):
+        result = future.result() if future.status == "finished" else None
+        yield future, result
+        future.release()
+
+
 def task_error(future: Any) -> str:
     """What went wrong with a Dask future that did not finish."""
     if future.status == "error":

@@ -23,7 +23,13 @@ import arviz as az
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import get_client, local_workers, process_pool, task_error
+from sbi_plugins.cluster import (
+    finished_in_turn,
+    get_client,
+    local_workers,
+    process_pool,
+    task_error,
+)
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
@@ -244,8 +250,6 @@ def _on_dask(
     """The estimator is scattered to every worker once; each data set is a task.
     A task whose worker dies is rerun by the scheduler elsewhere, up to Dask's
     `distributed.scheduler.allowed-failures`; then it is reported as failed."""
-    from distributed import as_completed
-
     shared = None
     if estimator is not None:
         shared = client.scatter(estimator, broadcast=True, hash=False)
@@ -268,18 +272,13 @@ def _on_dask(
         futures.append(future)
     pending = set(futures)
     try:
-        for future, result in as_completed(
-            futures, with_results=True, raise_errors=False
-        ):
+        for future, result in finished_in_turn(futures):
             pending.discard(future)
             i, key = where[future.key]
-            if future.status == "finished":
-                outcome = result
-            else:
+            if result is None:
                 error = f"lost on the cluster: {task_error(future)}"
-                outcome = FitOutcome(key, i, error=error)
-            future.release()
-            yield outcome
+                result = FitOutcome(key, i, error=error)
+            yield result
     finally:
         if pending:
             client.cancel(list(pending))

@@ -22,6 +22,9 @@ from sbi_plugins.estimators.training import simulate_training_data
 
 distributed = pytest.importorskip("distributed")
 
+# a cluster that stops answering fails its test in minutes instead of stalling CI
+pytestmark = pytest.mark.timeout(300)
+
 FIT = {"pooling": "complete", "draws": 60, "tune": 60, "chains": 1, "seed": 11}
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from sbi_plugins.cluster import (
     ClusterError,
     connected,
+    finished_in_turn,
     local_workers,
     process_pool,
     task_error,
@@ -149,8 +150,6 @@ def _on_dask(
     """One task per chunk; each result is fetched and released as it finishes, so a
     worker lost later costs only its unfinished chunks, which the scheduler reruns
     (same generator, same data) elsewhere."""
-    from distributed import as_completed
-
     run = uuid.uuid4().hex[:8]
     futures = client.map(
         simulate_chunk,
@@ -164,18 +163,14 @@ def _on_dask(
     index_of = {f.key: i for f, (i, _) in zip(futures, chunks, strict=True)}
     pending = set(futures)
     try:
-        # results are fetched concurrently in the background as tasks finish
-        for future, result in as_completed(
-            futures, with_results=True, raise_errors=False
-        ):
+        for future, result in finished_in_turn(futures):
             pending.discard(future)
             index = index_of[future.key]
-            if future.status != "finished":
+            if result is None:
                 raise ClusterError(
                     f"simulation chunk {index} of {simulator.name!r} failed on the "
                     f"cluster: {task_error(future)}"
                 )
-            future.release()
             yield index, result
     finally:
         if pending:
