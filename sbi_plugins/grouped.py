@@ -41,9 +41,13 @@ def count_log_prob(
 ) -> Tensor:
     """Rows of counts `x[:, 0]` under a CategoricalMassEstimator, per group."""
     table = categorical_table(net.net, theta)
-    rows = table[..., group_index, :]
-    counts = x[..., 0].long().expand(rows.shape[:-1])
-    return rows.gather(-1, counts[..., None])[..., 0]
+    # one flat index per row: a single gather (and scatter-add backwards)
+    cell = group_index * table.shape[-1] + x[..., 0].long()
+    return (
+        table.flatten(-2)
+        .index_select(-1, cell.reshape(-1))
+        .reshape(*table.shape[:-2], *cell.shape)
+    )
 
 
 SPLINE = PiecewiseRationalQuadraticCouplingTransform
