@@ -76,8 +76,8 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[2025])
-    parser.add_argument("--talk-seeds", type=int, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2025, 2026, 2027])
+    parser.add_argument("--talk-seeds", type=int, default=2)
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(
@@ -99,7 +99,7 @@ def main() -> None:
             progress=False,
         )
 
-    talk_seeds = args.seeds[: args.talk_seeds or len(args.seeds)]
+    talk_seeds = args.seeds[: args.talk_seeds]
     runs = {
         "neural runner": (runner("neural"), args.seeds),
         "exact runner": (runner("exact"), args.seeds),
