@@ -3,6 +3,7 @@
     python benchmarks/ddm_hierarchical.py [--subjects 10 --trials 100]
                                           [--draws 1000 --tune 1000 --chains 4]
     python benchmarks/ddm_hierarchical.py --subjects 30 --trials 200
+    python benchmarks/ddm_hierarchical.py --seeds 2025 2026 2027   # pooled
 
 Same data, seed and sampler settings for both. Prints wall time, time per effective
 sample (slowest parameter), their ratio, peak memory of each whole fit (chains,
@@ -37,7 +38,13 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=2025)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[2025],
+        help="sampler seeds; with several, times and ESS are pooled over them",
+    )
     parser.add_argument(
         "--likelihoods",
         nargs="+",
@@ -50,8 +57,30 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.subjects} "
         f"subjects x {args.trials} trials; {args.chains} chains x ({args.tune} + "
-        f"{args.draws})"
+        f"{args.draws}); sampler seeds {args.seeds}"
     )
+    totals = {kind: [0.0, 0.0] for kind in args.likelihoods}  # seconds, ESS
+    for seed in args.seeds:
+        for kind, (seconds, ess) in compare_once(args, trials, seed).items():
+            totals[kind][0] += seconds
+            totals[kind][1] += ess
+    if len(args.seeds) > 1:
+        for kind, (seconds, ess) in totals.items():
+            print(
+                f"{kind:>6} all seeds: {seconds:7.1f} s, ESS {ess:6.0f}, "
+                f"{seconds / ess * 1000:7.2f} ms per effective sample"
+            )
+    if len(totals) == 2 and len(args.seeds) > 1:
+        (exact_s, exact_ess), (neural_s, neural_ess) = totals["exact"], totals["neural"]
+        print(
+            f"pooled neural / exact: wall {neural_s / exact_s:.2f}, per effective "
+            f"sample {(neural_s / neural_ess) / (exact_s / exact_ess):.2f}"
+        )
+
+
+def compare_once(args, trials, seed: int) -> dict[str, tuple[float, float]]:
+    """Fit each likelihood with one sampler seed; print times, ESS and agreement.
+    Returns each likelihood's (wall seconds, min bulk ESS)."""
     fits, seconds, peak = {}, {}, {}
     for kind in args.likelihoods:
         start = time.perf_counter()
@@ -65,7 +94,7 @@ def main() -> None:
                 draws=args.draws,
                 tune=args.tune,
                 chains=args.chains,
-                seed=args.seed,
+                seed=seed,
                 progress=False,
             )
         seconds[kind] = time.perf_counter() - start
@@ -73,10 +102,12 @@ def main() -> None:
     summary = {
         k: az.summary(v, var_names=NAMES, round_to="none") for k, v in fits.items()
     }
-    per_ess = {}
+    per_ess, result = {}, {}
+    print(f"sampler seed {seed}:")
     for kind in args.likelihoods:
         ess = summary[kind]["ess_bulk"].min()
         per_ess[kind] = seconds[kind] / ess
+        result[kind] = (seconds[kind], ess)
         stats = fits[kind].sample_stats
         print(
             f"{kind:>6}: {seconds[kind]:7.1f} s wall, min ESS {ess:6.0f}, "
@@ -86,12 +117,12 @@ def main() -> None:
             f"elpd_loo {az.loo(fits[kind]).elpd_loo:.2f}"
         )
     if len(summary) < 2:
-        return
+        return result
     exact, neural = summary["exact"], summary["neural"]
     gap = (neural["mean"] - exact["mean"]).abs() / exact["sd"]
     ratio = neural["sd"] / exact["sd"]
     print(
-        f"\nmax |mean gap| {gap.max():.3f} exact sd (at {gap.idxmax()}), median "
+        f"max |mean gap| {gap.max():.3f} exact sd (at {gap.idxmax()}), median "
         f"{gap.median():.3f}; sd ratio range {ratio.min():.3f} - {ratio.max():.3f}"
     )
     print(
@@ -104,6 +135,7 @@ def main() -> None:
     )
     worst = gap.sort_values(ascending=False).head(6)
     print("largest gaps:", ", ".join(f"{k} {v:.2f}" for k, v in worst.items()))
+    return result
 
 
 if __name__ == "__main__":
