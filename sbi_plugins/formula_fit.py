@@ -73,12 +73,8 @@ def fit_formula_model(
     posterior_predictive: bool | int,
 ) -> az.InferenceData:
     """Sample the formula model and assemble its InferenceData."""
-    from sbi_plugins.runner import (
-        _stack,
-        pointwise_log_likelihood,
-        predictive_draws,
-        simulate_predictive,
-    )
+    from sbi_plugins.predictive import predictive_draws, simulate_predictive
+    from sbi_plugins.runner import _stack, pointwise_log_likelihood
 
     site = log_likelihood_name(simulator)
     model_kwargs = {
@@ -103,7 +99,6 @@ def fit_formula_model(
     cells = dataclasses.replace(prepared, group_index=plan.cell_index)
     chains, draws = theta.shape[:2]
     selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
-    rng = np.random.default_rng([seed, 1])
     edge_warnings = warn_at_domain_edges(theta, plan, prepared)
     posterior, dims, coords = named_posterior(raw, plan)
     attrs = {
@@ -128,7 +123,13 @@ def fit_formula_model(
         sample_stats=_stack([r.stats for r in results]),
         log_likelihood=pointwise_log_likelihood(lik, theta, cells),
         posterior_predictive=simulate_predictive(
-            simulator, theta, cells, rng, selected
+            simulator,
+            theta,
+            cells,
+            seed,
+            selected,
+            workers=sampler["cores"],
+            progress=sampler["progress"],
         ),
         predictive_draw_index=selected,
         data=prepared,

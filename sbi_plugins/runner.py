@@ -25,14 +25,10 @@ from sbi_plugins.hierarchy import (
 )
 from sbi_plugins.idata import build_inference_data, log_likelihood_name
 from sbi_plugins.likelihoods import Likelihood, check_observations
+from sbi_plugins.predictive import draw_batches, predictive_draws, simulate_predictive
 from sbi_plugins.registry import get_simulator
 from sbi_plugins.sampling import run_nuts
 from sbi_plugins.versions import package_versions
-
-ROWS_PER_BATCH = 200_000
-PREDICTIVE_ROWS = 2_000_000
-"""At most this many simulated rows in the posterior predictive, unless asked."""
-"""Draw x row evaluations per batch when scoring or simulating after sampling."""
 
 EDGE_FRACTION = 0.01
 """Draws within this fraction of the box width from a bound count as 'at the edge'."""
@@ -141,7 +137,6 @@ def fit(
     posterior = _stack([r.samples for r in results])
     theta = group_parameter_draws(posterior, plans, prepared.num_groups)
     edge_warnings = warn_at_domain_edges(posterior, plans, prepared)
-    rng = np.random.default_rng([seed, 1])
     selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
     attrs = {
         "simulator": sim.name,
@@ -163,7 +158,9 @@ def fit(
         posterior=posterior,
         sample_stats=_stack([r.stats for r in results]),
         log_likelihood=pointwise_log_likelihood(lik, theta, prepared),
-        posterior_predictive=simulate_predictive(sim, theta, prepared, rng, selected),
+        posterior_predictive=simulate_predictive(
+            sim, theta, prepared, seed, selected, workers=cores, progress=progress
+        ),
         predictive_draw_index=selected,
         data=prepared,
         simulator=sim,
@@ -189,11 +186,6 @@ def group_parameter_draws(
     return np.stack(columns, axis=-1)
 
 
-def _draw_batches(num_draws: int, num_rows: int) -> list[slice]:
-    size = max(1, ROWS_PER_BATCH // max(num_rows, 1))
-    return [slice(i, i + size) for i in range(0, num_draws, size)]
-
-
 def pointwise_log_likelihood(
     lik: Likelihood, theta: np.ndarray, data: PreparedData
 ) -> np.ndarray:
@@ -206,48 +198,10 @@ def pointwise_log_likelihood(
     group_index = torch.as_tensor(data.group_index)
     out = np.empty((chains * draws, len(data.x)))
     with torch.no_grad():
-        for batch in _draw_batches(len(flat), len(data.x)):
+        for batch in draw_batches(len(flat), len(data.x)):
             groups = torch.as_tensor(flat[batch], dtype=torch.float64)
             out[batch] = lik.log_prob_grouped(groups, group_index, x).numpy()
     return out.reshape(chains, draws, len(data.x))
-
-
-def predictive_draws(
-    request: bool | int, shape: tuple[int, int], num_rows: int
-) -> np.ndarray:
-    """Which draws (the same in every chain) get a simulated data set."""
-    chains, draws = shape
-    if request is False:
-        return np.arange(0)
-    if request is True:
-        wanted = min(draws, max(1, PREDICTIVE_ROWS // max(1, chains * num_rows)))
-    else:
-        wanted = max(1, min(int(request), draws))
-    return np.unique(np.linspace(0, draws - 1, wanted).round().astype(int))
-
-
-def simulate_predictive(
-    simulator: Simulator,
-    theta: np.ndarray,
-    data: PreparedData,
-    rng: np.random.Generator,
-    selected: np.ndarray,
-) -> dict[str, np.ndarray] | None:
-    """One simulated trial per selected draw and data row, from the simulator itself
-    (not the network): that is what checks the network."""
-    if not len(selected):
-        return None
-    theta = theta[:, selected]
-    chains, draws = theta.shape[:2]
-    flat = theta.reshape(chains * draws, *theta.shape[2:])
-    n_rows = len(data.x)
-    out = np.empty((chains * draws, n_rows, len(simulator.observables)))
-    for batch in _draw_batches(len(flat), n_rows):
-        rows = flat[batch][:, data.group_index, :]
-        sims = np.asarray(simulator.simulate(rows.reshape(-1, rows.shape[-1]), rng))
-        out[batch] = sims.reshape(rows.shape[0], n_rows, -1)
-    out = out.reshape(chains, draws, n_rows, -1)
-    return {name: out[..., j] for j, name in enumerate(simulator.observable_names)}
 
 
 def warn_at_domain_edges(

@@ -1,0 +1,116 @@
+"""The posterior predictive: simulated data sets at posterior draws, from the simulator
+itself (not the network: that is what checks the network).
+
+Draws are simulated in batches, each with its own generator `default_rng([seed, 1,
+batch])`, so the result depends on the seed only, not on how many processes ran the
+batches. A compiled simulator such as the DDM's runs single-threaded, so batches go
+to forked local processes, one per core: a DDM 10 x 100 fit's 2 million predictive
+trials take half the time on two cores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sbi_plugins.cluster import local_workers, process_pool
+from sbi_plugins.contract import Simulator
+from sbi_plugins.data import PreparedData
+
+ROWS_PER_BATCH = 200_000
+"""Draw x row evaluations per batch when scoring or simulating after sampling."""
+PREDICTIVE_ROWS = 2_000_000
+"""At most this many simulated rows in the posterior predictive, unless asked."""
+PROCESSES_FROM = 4
+"""Batches from which the simulations go to local processes: below that, starting a
+pool costs more than it saves."""
+
+
+def draw_batches(num_draws: int, num_rows: int) -> list[slice]:
+    size = max(1, ROWS_PER_BATCH // max(num_rows, 1))
+    return [slice(i, i + size) for i in range(0, num_draws, size)]
+
+
+def predictive_draws(
+    request: bool | int, shape: tuple[int, int], num_rows: int
+) -> np.ndarray:
+    """Which draws (the same in every chain) get a simulated data set."""
+    chains, draws = shape
+    if request is False:
+        return np.arange(0)
+    if request is True:
+        wanted = min(draws, max(1, PREDICTIVE_ROWS // max(1, chains * num_rows)))
+    else:
+        wanted = max(1, min(int(request), draws))
+    return np.unique(np.linspace(0, draws - 1, wanted).round().astype(int))
+
+
+def simulate_predictive(
+    simulator: Simulator,
+    theta: np.ndarray,
+    data: PreparedData,
+    seed: int,
+    selected: np.ndarray,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+) -> dict[str, np.ndarray] | None:
+    """One simulated row per selected draw and data row, `theta` of shape `(chain,
+    draw, group, parameter)`; returns each observable as `(chain, draw, row)`.
+    `workers`: local processes (default one per core)."""
+    if not len(selected):
+        return None
+    theta = theta[:, selected]
+    chains, draws = theta.shape[:2]
+    flat = theta.reshape(chains * draws, *theta.shape[2:])
+    batches = draw_batches(len(flat), len(data.x))
+    job = (simulator, flat, data.group_index, seed)
+    if len(batches) < PROCESSES_FROM:
+        workers = 1
+    n = local_workers(workers, len(batches))
+    out = np.empty((len(flat), len(data.x), len(simulator.observables)))
+    with tqdm(
+        total=len(flat) * len(data.x),
+        desc="posterior predictive",
+        unit="row",
+        disable=not progress,
+    ) as bar:
+        if n > 1:
+            with process_pool(n, _adopt, (job,)) as pool:
+                futures = [
+                    pool.submit(_batch_in_worker, i, b) for i, b in enumerate(batches)
+                ]
+                for batch, future in zip(batches, futures, strict=True):
+                    out[batch] = future.result()
+                    bar.update(out[batch].shape[0] * len(data.x))
+        else:
+            for i, batch in enumerate(batches):
+                out[batch] = simulate_batch(job, i, batch)
+                bar.update(out[batch].shape[0] * len(data.x))
+    out = out.reshape(chains, draws, len(data.x), -1)
+    return {name: out[..., j] for j, name in enumerate(simulator.observable_names)}
+
+
+def simulate_batch(
+    job: tuple[Simulator, np.ndarray, np.ndarray, int], index: int, batch: slice
+) -> np.ndarray:
+    """Batch `index` of draws: every data row simulated at its group's parameters,
+    `(draws, rows, observables)`, from the batch's own generator."""
+    simulator, flat, group_index, seed = job
+    rows = flat[batch][:, group_index, :]
+    rng = np.random.default_rng([seed, 1, index])
+    sims = np.asarray(simulator.simulate(rows.reshape(-1, rows.shape[-1]), rng))
+    return sims.reshape(rows.shape[0], len(group_index), -1)
+
+
+_JOB: tuple | None = None
+
+
+def _adopt(job: tuple) -> None:
+    global _JOB
+    _JOB = job
+
+
+def _batch_in_worker(index: int, batch: slice) -> np.ndarray:
+    assert _JOB is not None
+    return simulate_batch(_JOB, index, batch)
