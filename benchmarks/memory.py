@@ -3,6 +3,11 @@
 `ru_maxrss` alone misses forked chains running at once and counts shared pages
 twice; summing each process's proportional set size (PSS, Linux `smaps_rollup`)
 every quarter second gives the memory the whole fit held at its peak.
+
+It is not free: the kernel walks every page table for `smaps_rollup`, about 60 ms
+of CPU per poll of a fit's process tree (measured beside a DDM fit), so a poller
+takes about a quarter of one core. Time fits without it (`ddm_hierarchical.py`
+polls only with `--memory`); `scaling.py` keeps it, the same cost at every size.
 """
 
 from __future__ import annotations
