@@ -65,9 +65,11 @@ def simulate_predictive(
     flat = theta.reshape(chains * draws, *theta.shape[2:])
     batches = draw_batches(len(flat), len(data.x))
     job = (simulator, flat, data.group_index, seed)
-    if len(batches) < PROCESSES_FROM:
-        workers = 1
-    n = local_workers(workers, len(batches))
+    n = (
+        1
+        if len(batches) < PROCESSES_FROM
+        else local_workers(workers or None, len(batches))
+    )
     out = np.empty((len(flat), len(data.x), len(simulator.observables)))
     with tqdm(
         total=len(flat) * len(data.x),
