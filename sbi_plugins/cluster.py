@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -95,6 +95,38 @@ def process_pool(
 def _single_threaded(initializer: Any, initargs: tuple) -> None:
     torch.set_num_threads(1)
     initializer(*initargs)
+
+
+_STATE: Any = None
+
+
+def _adopt_state(state: Any) -> None:
+    global _STATE
+    _STATE = state
+
+
+def _with_state(function: Callable[..., Any], task: tuple) -> Any:
+    return function(_STATE, *task)
+
+
+def forked_map(
+    function: Callable[..., Any], state: Any, tasks: list[tuple], workers: int
+) -> Iterator[tuple[int, Any]]:
+    """`(position, function(state, *task))` for each task as it finishes, on
+    `workers` forked processes that inherit `state` (a simulator, arrays): only the
+    tasks and results are pickled. Closing the iterator cancels what has not run."""
+    from concurrent.futures import as_completed
+
+    with process_pool(workers, _adopt_state, (state,)) as pool:
+        futures = {
+            pool.submit(_with_state, function, task): i for i, task in enumerate(tasks)
+        }
+        try:
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def finished_in_turn(futures: list[Any]) -> Iterator[tuple[Any, Any]]:

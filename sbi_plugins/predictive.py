@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import local_workers, process_pool
+from sbi_plugins.cluster import forked_map, local_workers
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
 
@@ -77,18 +77,15 @@ def simulate_predictive(
         unit="row",
         disable=not progress,
     ) as bar:
-        if n > 1:
-            with process_pool(n, _adopt, (job,)) as pool:
-                futures = [
-                    pool.submit(_batch_in_worker, i, b) for i, b in enumerate(batches)
-                ]
-                for batch, future in zip(batches, futures, strict=True):
-                    out[batch] = future.result()
-                    bar.update(out[batch].shape[0] * len(data.x))
-        else:
-            for i, batch in enumerate(batches):
-                out[batch] = simulate_batch(job, i, batch)
-                bar.update(out[batch].shape[0] * len(data.x))
+        tasks = list(enumerate(batches))
+        done = (
+            forked_map(simulate_batch, job, tasks, n)
+            if n > 1
+            else ((i, simulate_batch(job, *task)) for i, task in enumerate(tasks))
+        )
+        for position, result in done:
+            out[batches[position]] = result
+            bar.update(result.shape[0] * len(data.x))
     out = out.reshape(chains, draws, len(data.x), -1)
     return {name: out[..., j] for j, name in enumerate(simulator.observable_names)}
 
@@ -103,16 +100,3 @@ def simulate_batch(
     rng = np.random.default_rng([seed, 1, index])
     sims = np.asarray(simulator.simulate(rows.reshape(-1, rows.shape[-1]), rng))
     return sims.reshape(rows.shape[0], len(group_index), -1)
-
-
-_JOB: tuple | None = None
-
-
-def _adopt(job: tuple) -> None:
-    global _JOB
-    _JOB = job
-
-
-def _batch_in_worker(index: int, batch: slice) -> np.ndarray:
-    assert _JOB is not None
-    return simulate_batch(_JOB, index, batch)

@@ -21,8 +21,8 @@ from sbi_plugins.cluster import (
     ClusterError,
     connected,
     finished_in_turn,
+    forked_map,
     local_workers,
-    process_pool,
     task_error,
 )
 from sbi_plugins.contract import Simulator
@@ -113,35 +113,14 @@ def simulate_chunks(
     return [results[i] for i, _ in chunks]
 
 
-_SIMULATOR: Simulator | None = None
-
-
-def _adopt(simulator: Simulator) -> None:
-    global _SIMULATOR
-    _SIMULATOR = simulator
-
-
-def _chunk_in_worker(seed: int, index: int, size: int) -> ChunkResult:
-    assert _SIMULATOR is not None
-    return simulate_chunk(_SIMULATOR, seed, index, size)
-
-
 def _on_processes(
     simulator: Simulator, seed: int, chunks: list[tuple[int, int]], workers: int
 ) -> Iterator[tuple[int, ChunkResult]]:
     """Forked processes inherit the simulator, so it need not pickle."""
-    from concurrent.futures import as_completed
-
-    with process_pool(workers, _adopt, (simulator,)) as pool:
-        futures = {
-            pool.submit(_chunk_in_worker, seed, i, size): i for i, size in chunks
-        }
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    tasks = [(seed, index, size) for index, size in chunks]
+    with closing(forked_map(simulate_chunk, simulator, tasks, workers)) as done:
+        for position, result in done:
+            yield chunks[position][0], result
 
 
 def _on_dask(
