@@ -74,6 +74,10 @@ def fit(
         )
     if min(draws, chains) < 1 or tune < 0:
         raise SbiPluginsError("draws and chains must be at least 1, tune at least 0")
+    if cores is not None and cores < 0:
+        raise SbiPluginsError(
+            f"cores must be at least 1 (or left out for one per core), got {cores}"
+        )
     if formulas is not None:
         data = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(data, sim, group)

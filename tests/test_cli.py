@@ -243,3 +243,13 @@ def test_demo_writes_three_fits_a_table_and_a_plot(capsys, tmp_path):
     before = (out / "pooled.nc").read_bytes()
     assert_user_error(capsys, ["demo", "--out", out], r"already holds pooled.nc")
     assert (out / "pooled.nc").read_bytes() == before
+
+
+def test_negative_cores_are_refused_before_sampling(capsys, csv, tmp_path):
+    out = tmp_path / "f.nc"
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", csv, "--group", "location", "--cores", "-1", "--out", out],
+        r"cores must be at least 1 \(or left out for one per core\), got -1",
+    )
+    assert not out.exists()
