@@ -3,9 +3,11 @@ neural likelihood, on the benchmark data sets.
 
     OMP_NUM_THREADS=1 python benchmarks/gradient_cost.py [--repeats 3]
 
-Builds the very model `fit` samples (Pyro's `initialize_model`, JIT as in `fit`)
-and times `potential_grad` at the initial point, exact and neural interleaved in
-one process, so the ratio holds even on a busy machine. Wall time of a fit is
+Builds the very model `fit` samples and times `potential_grad` at the initial
+point, exact and neural interleaved in one process, so the ratio holds even on a
+busy machine: Pyro's potential under its JIT (what short fits use), and the
+written-out potential compiled with `torch.compile` (what long fits use, see
+`sbi_plugins.potential`). Wall time of a fit is
 mostly this times the number of leapfrog steps; the ratio neural/exact here is the
 floor of the fits' time ratio.
 """
@@ -29,6 +31,7 @@ from sbi_plugins.estimators.resolve import shipped_estimator
 from sbi_plugins.hierarchy import HierarchicalModel, normalize_pooling, plan_parameters
 from sbi_plugins.idata import log_likelihood_name
 from sbi_plugins.likelihoods import Likelihood
+from sbi_plugins.potential import compiled_potential
 
 
 def study(name: str):
@@ -43,7 +46,7 @@ def study(name: str):
     return trials, "participant_id", pooling
 
 
-def potential(name: str, kind: str):
+def potential(name: str, kind: str, compiled: bool = False):
     sim = sbi_plugins.get_simulator(name)
     data, group, pooling = study(name)
     prepared = prepare_data(data, sim, group)
@@ -63,6 +66,8 @@ def potential(name: str, kind: str):
         model, model_kwargs=kwargs, jit_compile=True, skip_jit_warnings=True
     )
     params = {k: v.detach() for k, v in init.items()}
+    if compiled:
+        fn = compiled_potential(model, kwargs)
     for _ in range(50):  # tracing and the JIT's profiling runs
         potential_grad(fn, params)
     return fn, params
@@ -84,16 +89,21 @@ def main() -> None:
     torch.set_num_threads(1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 torch thread")
     for name in ("cookie", "ddm"):
-        built = {kind: potential(name, kind) for kind in ("exact", "neural")}
-        times = {"exact": [], "neural": []}
-        for _ in range(args.repeats):
-            for kind, (fn, params) in built.items():
-                times[kind].append(cpu_ms(fn, params, args.evaluations))
-        exact, neural = min(times["exact"]), min(times["neural"])
-        print(
-            f"{name:>6}: exact {exact:.3f} ms, neural {neural:.3f} ms per potential "
-            f"+ gradient (best of {args.repeats}); neural / exact {neural / exact:.2f}"
-        )
+        for compiled in (False, True):
+            built = {
+                kind: potential(name, kind, compiled) for kind in ("exact", "neural")
+            }
+            times = {"exact": [], "neural": []}
+            for _ in range(args.repeats):
+                for kind, (fn, params) in built.items():
+                    times[kind].append(cpu_ms(fn, params, args.evaluations))
+            exact, neural = min(times["exact"]), min(times["neural"])
+            how = "compiled" if compiled else "Pyro JIT"
+            print(
+                f"{name:>6}, {how:>8}: exact {exact:.3f} ms, neural {neural:.3f} ms "
+                f"per potential + gradient (best of {args.repeats}); neural / exact "
+                f"{neural / exact:.2f}"
+            )
 
 
 if __name__ == "__main__":

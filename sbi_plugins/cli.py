@@ -115,6 +115,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         seed=args.seed,
         cores=args.cores,
         progress=not args.no_progress,
+        compile=args.compile,
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -269,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", choices=("neural", "exact"), default="neural")
     p.add_argument("--estimator", help="estimator file (default: shipped or cached)")
     p.add_argument("--cores", type=int, default=None)
+    p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compile the model's potential with torch.compile (default: when "
+        "chains x (draws + tune) >= 4000)",
+    )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)
     p.set_defaults(func=cmd_fit)

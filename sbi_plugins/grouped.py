@@ -12,7 +12,6 @@ value through the splines. The numbers are those of sbi's `log_prob` (the
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +50,7 @@ def count_log_prob(
 
 
 SPLINE = PiecewiseRationalQuadraticCouplingTransform
+STACKED = "_sbi_plugins_stacked_layers"
 
 
 def supports_mnle(net: torch.nn.Module) -> bool:
@@ -76,17 +76,15 @@ def supports_mnle(net: torch.nn.Module) -> bool:
     return len(settings) == 1  # one table build serves them all
 
 
-_STACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 def _stacked_layers(splines: list) -> list[tuple[Tensor, Tensor]] | None:
     """The splines' context networks (Linear/ReLU stacks of equal shapes) as one
     batched network: weights `(T, in, out)`, biases `(T, 1, out)`. One batched
     matmul per layer replaces one per layer and spline. None where the networks
-    are not plain Linear/ReLU stacks of one shape."""
+    are not plain Linear/ReLU stacks of one shape. Kept on the first spline (not
+    in a module-level table, which `torch.compile` would guard on)."""
     key = splines[0]
-    if key in _STACKED:
-        return _STACKED[key]
+    if hasattr(key, STACKED):
+        return getattr(key, STACKED)
     layers = None
     nets = [getattr(t.transform_net, "spline_predictor", None) for t in splines]
     if all(isinstance(n, torch.nn.Sequential) for n in nets):
@@ -102,7 +100,7 @@ def _stacked_layers(splines: list) -> list[tuple[Tensor, Tensor]] | None:
                     )
                     for i in linear
                 ]
-    _STACKED[key] = layers
+    object.__setattr__(key, STACKED, layers)  # a cache, not a submodule
     return layers
 
 
@@ -200,9 +198,8 @@ def mnle_log_prob(
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
     n = flat.shape[0]
-    choices = int(net.discrete_net.net.num_categories_per_var[0])
-
     logits = net.discrete_net.net.forward(torch.zeros(n, 1), condition=flat)
+    choices = logits.shape[-1]  # a static shape, where the buffer would be data
     choice_table = torch.log_softmax(logits, dim=-1).reshape(-1)  # (n * C,)
 
     embedded = net.condition_embedding(flat)

@@ -40,9 +40,22 @@ class RecordingNUTS(NUTS):
     """NUTS that records, per iteration, what ArviZ's sample_stats want: divergence,
     log density, step size, leapfrog steps, tree depth and acceptance."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.records: list[dict[str, float]] = []
+        self._own_potential = potential
+
+    def _initialize_model_properties(self, model_args: Any, model_kwargs: Any) -> None:
+        """Pyro's set-up (initial values, transforms), then the given potential,
+        where there is one, in place of Pyro's (see `sbi_plugins.potential`)."""
+        super()._initialize_model_properties(model_args, model_kwargs)
+        if self._own_potential is not None:
+            self.potential_fn = self._own_potential
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         potential = self.potential_fn
@@ -96,6 +109,7 @@ class _Job:
     jit: bool
     starts: list[dict[str, torch.Tensor]] | None = None
     inverse_mass: dict[str, torch.Tensor] | None = None
+    potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
 
 
 _JOB: _Job | None = None
@@ -123,7 +137,8 @@ def _sample_chain(
         job.model,
         target_accept_prob=job.target_accept,
         max_tree_depth=job.max_tree_depth,
-        jit_compile=job.jit,
+        jit_compile=job.jit and job.potential is None,
+        potential=job.potential,
         ignore_jit_warnings=True,
         full_mass=False,
         **(
@@ -187,9 +202,11 @@ def run_nuts(
     jit: bool = True,
     starts: list[dict[str, torch.Tensor]] | None = None,
     inverse_mass: dict[str, torch.Tensor] | None = None,
+    potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> list[ChainResult]:
     """Run `chains` NUTS chains, in parallel processes where cores allow; optional
-    per-chain initial values and initial inverse mass (`sbi_plugins.precondition`)."""
+    per-chain initial values and initial inverse mass (`sbi_plugins.precondition`),
+    and a potential to use in place of Pyro's (`sbi_plugins.potential`)."""
     global _JOB
     job = _Job(
         model,
@@ -201,6 +218,7 @@ def run_nuts(
         jit,
         starts,
         inverse_mass,
+        potential,
     )
     seeds = chain_seeds(seed, chains)
     cores = min(chains, cores or os.cpu_count() or 1)

@@ -1,0 +1,181 @@
+"""The written-out potential is Pyro's potential; compiling it changes nothing but
+the last bits; a compiler that fails leaves the fit exactly as without it."""
+
+import numpy as np
+import pandas as pd
+import pyro
+import pytest
+import torch
+from pyro.infer.mcmc.util import initialize_model
+from pyro.ops.integrator import potential_grad
+
+import sbi_plugins
+from sbi_plugins import potential as potential_module
+from sbi_plugins.data import prepare_data
+from sbi_plugins.estimators.resolve import shipped_estimator
+from sbi_plugins.hierarchy import HierarchicalModel, normalize_pooling, plan_parameters
+from sbi_plugins.idata import log_likelihood_name
+from sbi_plugins.likelihoods import Likelihood
+from sbi_plugins.potential import (
+    HierarchicalPotential,
+    compiled_potential,
+    worth_compiling,
+)
+
+
+def _ddm_trials() -> pd.DataFrame:
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(4, 30, seed=3)
+    return trials
+
+
+def _model(name: str, kind: str, pooling):
+    sim = sbi_plugins.get_simulator(name)
+    if name == "ddm":
+        data, group = _ddm_trials(), "participant_id"
+    else:
+        from sbi_plugins_cookie import example_data
+
+        data, group = example_data(), "location"
+    prepared = prepare_data(data, sim, group)
+    plans = plan_parameters(sim, normalize_pooling(pooling, sim, True), None)
+    model = HierarchicalModel(plans, prepared.num_groups, prepared.group_dim)
+    lik = (
+        Likelihood(sim) if kind == "exact" else Likelihood(sim, shipped_estimator(sim))
+    )
+    kwargs = {
+        "x": torch.as_tensor(prepared.x, dtype=torch.float64),
+        "group_index": torch.as_tensor(prepared.group_index),
+        "likelihood": lik,
+        "site": log_likelihood_name(sim),
+    }
+    return model, kwargs
+
+
+def _pyro_potential(model, kwargs):
+    pyro.set_rng_seed(0)
+    init, fn, transforms, _ = initialize_model(model, model_kwargs=kwargs)
+    return init, fn, transforms
+
+
+def _random_points(init, count: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    return [
+        {
+            k: v.detach() + 0.5 * torch.randn(v.shape, generator=gen, dtype=v.dtype)
+            for k, v in init.items()
+        }
+        for _ in range(count)
+    ]
+
+
+CASES = [
+    ("ddm", "exact", {"v": "partial", "a": "none", "z": "complete", "t": "complete"}),
+    ("ddm", "neural", {"v": "partial", "a": "partial", "z": "none", "t": "complete"}),
+    ("cookie", "exact", "partial"),
+    ("cookie", "neural", "none"),
+    ("cookie", "neural", "complete"),
+]
+
+
+@pytest.mark.parametrize(("name", "kind", "pooling"), CASES)
+def test_written_out_potential_equals_pyros(name, kind, pooling):
+    """Value and gradient equal Pyro's (traced model, plates, transforms) at random
+    unconstrained points, to rounding: every pooling mode and both likelihoods."""
+    model, kwargs = _model(name, kind, pooling)
+    init, pyro_fn, transforms = _pyro_potential(model, kwargs)
+    mine = HierarchicalPotential(
+        model, transforms, kwargs["x"], kwargs["group_index"], kwargs["likelihood"]
+    )
+    for point in _random_points(init, 4, seed=1):
+        expected_grads, expected = potential_grad(pyro_fn, point)
+        grads, value = potential_grad(mine, point)
+        assert torch.isfinite(expected)
+        assert float(value) == pytest.approx(float(expected), rel=1e-12, abs=1e-9)
+        for site in expected_grads:
+            assert torch.allclose(
+                grads[site], expected_grads[site], rtol=1e-9, atol=1e-9
+            )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["exact", "neural"])
+def test_compiled_potential_equals_the_uncompiled_one(kind):
+    """torch.compile fuses the float32 network's operations in another order: the
+    potential agrees to 1e-6 relative and its gradient to 1e-5 of the largest
+    component, at points other than the one it was checked at when compiled."""
+    model, kwargs = _model(
+        "ddm", kind, {"v": "partial", "a": "partial", "z": "complete", "t": "complete"}
+    )
+    init, pyro_fn, _ = _pyro_potential(model, kwargs)
+    compiled = compiled_potential(model, kwargs)
+    assert compiled is not None
+    for point in _random_points(init, 3, seed=2):
+        expected_grads, expected = potential_grad(pyro_fn, point)
+        grads, value = potential_grad(compiled, point)
+        assert float(value) == pytest.approx(float(expected), rel=1e-6)
+        largest = max(float(g.abs().max()) for g in expected_grads.values())
+        for site in expected_grads:
+            gap = float((grads[site] - expected_grads[site]).abs().max())
+            assert gap <= 1e-5 * largest, (site, gap, largest)
+
+
+def test_a_failing_compiler_leaves_the_fit_as_without_it(monkeypatch, cookie_data):
+    """No C++ compiler (here: torch.compile raising) warns once and samples through
+    Pyro's potential: the very draws of compile=False."""
+
+    def broken(fn, **_):
+        def call(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return call
+
+    small = cookie_data.groupby("location").head(8).reset_index(drop=True)
+    common = {
+        "group": "location",
+        "likelihood": "exact",
+        "draws": 30,
+        "tune": 30,
+        "chains": 2,
+        "seed": 4,
+        "progress": False,
+        "posterior_predictive": False,
+    }
+    plain = sbi_plugins.fit(small, "cookie", compile=False, **common)
+    monkeypatch.setattr(potential_module.torch, "compile", broken)
+    with pytest.warns(UserWarning, match="could not compile.*no C\\+\\+ compiler"):
+        fallback = sbi_plugins.fit(small, "cookie", compile=True, **common)
+    np.testing.assert_array_equal(
+        fallback.posterior["lam"].values, plain.posterior["lam"].values
+    )
+
+
+def test_compiling_is_the_default_for_long_sampling_only(monkeypatch):
+    monkeypatch.delenv("SBI_PLUGINS_COMPILE", raising=False)
+    assert worth_compiling(None, chains=4, iterations=2000)
+    assert not worth_compiling(None, chains=2, iterations=800)
+    assert not worth_compiling(False, chains=4, iterations=2000)
+    assert worth_compiling(True, chains=1, iterations=10)
+    monkeypatch.setenv("SBI_PLUGINS_COMPILE", "0")
+    assert not worth_compiling(None, chains=4, iterations=2000)
+    monkeypatch.setenv("SBI_PLUGINS_COMPILE", "1")
+    assert worth_compiling(None, chains=1, iterations=10)
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], None), (["--compile"], True), (["--no-compile"], False)]
+)
+def test_cli_passes_compile_to_fit(monkeypatch, tmp_path, flag, expected):
+    from sbi_plugins import cli, runner
+
+    seen = {}
+
+    def fake_fit(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(runner, "fit", fake_fit)
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "cookie", "x.csv", "--out", str(tmp_path / "f.nc"), *flag])
+    assert seen["compile"] is expected
