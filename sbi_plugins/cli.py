@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="compile the model's potential with torch.compile (default: when "
-        "chains x (draws + tune) >= 4000)",
+        "chains x (draws + tune) >= 4000 and the data have >= 500 rows)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)

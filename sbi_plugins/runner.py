@@ -72,9 +72,9 @@ def fit(
 
     `compile`: compile the model's potential with `torch.compile` before sampling
     (needs a C++ compiler; 5-40 s once, then each leapfrog step costs a fraction).
-    None compiles when chains x (draws + tune) reaches 4000 (the default fit), or as
-    the environment variable SBI_PLUGINS_COMPILE=0/1 says. Formula models are not
-    compiled.
+    None compiles when chains x (draws + tune) reaches 4000 (the default fit) and
+    the data have at least 500 rows, or as the environment variable
+    SBI_PLUGINS_COMPILE=0/1 says. Formula models are not compiled.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -137,7 +137,7 @@ def fit(
         "site": site,
     }
     potential = None
-    if worth_compiling(compile, chains, draws + tune):
+    if worth_compiling(compile, chains, draws + tune, len(prepared.x)):
         if progress:
             tqdm.write("compiling the model's potential (cached for later fits)")
         potential = compiled_potential(model, model_kwargs)
