@@ -167,6 +167,8 @@ def fit(
         "priors": describe_plans(plans),
         "group": prepared.group or "",
         "seed": seed,
+        # the same seed gives the same draws only with the same setting
+        "compiled": int(potential is not None),
         "draws": draws,
         "tune": tune,
         "chains": chains,

@@ -77,6 +77,7 @@ def test_attrs_record_what_made_the_fit(quick_fit, tiny_cookie_estimator):
     assert attrs["estimator_checksum"] == tiny_cookie_estimator.checksum
     assert json.loads(attrs["pooling"]) == {"lam": "partial"}
     assert attrs["seed"] == 11 and attrs["likelihood"] == "neural"
+    assert attrs["compiled"] == 0  # 50 rows, 240 iterations: not worth compiling
     assert "sbi" in json.loads(attrs["versions"])
     assert "Gamma" in json.loads(attrs["priors"])["lam"]["prior"]
 
