@@ -144,23 +144,24 @@ class HierarchicalModel:
         self.num_groups = num_groups
         self.group_dim = group_dim
 
-    def _bounds(self, parameter: Parameter) -> tuple[torch.Tensor, torch.Tensor]:
-        return (
-            torch.tensor(parameter.lower, dtype=torch.float64),
-            torch.tensor(parameter.upper, dtype=torch.float64),
-        )
+    def truncated(
+        self, plan: ParameterPlan, base: torch.distributions.Distribution
+    ) -> TruncatedToBox:
+        """`base` restricted to the plan's training box and renormalized."""
+        p = plan.parameter
+        low = torch.tensor(p.lower, dtype=torch.float64)
+        return TruncatedToBox(base, low, torch.tensor(p.upper, dtype=torch.float64))
 
     def _sample_plan(self, plan: ParameterPlan, groups: pyro.plate) -> torch.Tensor:
-        low, high = self._bounds(plan.parameter)
         if plan.pooling == "partial":
             hyper = {
                 h: pyro.sample(f"{plan.name}_{h}", as_pyro(plan.prior.hyperpriors[h]))
                 for h in plan.family.hyperparameters
             }
-            population = TruncatedToBox(plan.family.build(**hyper), low, high)
+            population = self.truncated(plan, plan.family.build(**hyper))
             with groups:
                 return pyro.sample(plan.name, population)
-        prior = TruncatedToBox(plan.prior.hyperpriors["mu"], low, high)
+        prior = self.truncated(plan, plan.prior.hyperpriors["mu"])
         if plan.pooling == "none":
             with groups:
                 return pyro.sample(plan.name, prior)

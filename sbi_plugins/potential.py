@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
-from sbi_plugins.distributions import TruncatedToBox, as_pyro
+from sbi_plugins.distributions import as_pyro
 
 if TYPE_CHECKING:
     from sbi_plugins.hierarchy import HierarchicalModel
@@ -67,10 +67,7 @@ class HierarchicalPotential:
             for h in plan.family.hyperparameters
         }
         self.fixed_priors = {
-            plan.name: TruncatedToBox(
-                _unchecked(plan.prior.hyperpriors["mu"]),
-                *model._bounds(plan.parameter),
-            )
+            plan.name: model.truncated(plan, _unchecked(plan.prior.hyperpriors["mu"]))
             for plan in model.plans
             if plan.pooling != "partial"
         }
@@ -98,9 +95,7 @@ class HierarchicalPotential:
                 hyper = {
                     h: values[f"{plan.name}_{h}"] for h in plan.family.hyperparameters
                 }
-                prior = TruncatedToBox(
-                    plan.family.build(**hyper), *self.model._bounds(plan.parameter)
-                )
+                prior = self.model.truncated(plan, plan.family.build(**hyper))
             else:
                 prior = self.fixed_priors[plan.name]
             total = total + prior.log_prob(value).sum()
@@ -190,7 +185,8 @@ def compiled_potential(
         warnings.warn(
             f"could not compile the model's potential ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); sampling without "
-            "compiling (slower). Pass compile=False to skip the attempt",
+            "compiling (slower). Pass compile=False (--no-compile) to skip the "
+            "attempt, or install a C++ compiler (g++)",
             stacklevel=3,
         )
         return None
@@ -205,7 +201,7 @@ def compiled_potential(
     if not close:
         warnings.warn(
             "the compiled potential disagrees with the model's; sampling without "
-            "compiling",
+            "compiling. Pass compile=False (--no-compile) to skip the attempt",
             stacklevel=3,
         )
         return None

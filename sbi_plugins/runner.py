@@ -128,14 +128,7 @@ def fit(
             posterior_predictive=posterior_predictive,
         )
 
-    model = HierarchicalModel(plans, prepared.num_groups, prepared.group_dim)
-    site = log_likelihood_name(sim)
-    model_kwargs = {
-        "x": torch.as_tensor(prepared.x, dtype=torch.float64),
-        "group_index": torch.as_tensor(prepared.group_index),
-        "likelihood": lik,
-        "site": site,
-    }
+    model, model_kwargs = build_model(plans, prepared, lik)
     potential = None
     if worth_compiling(compile, chains, draws + tune, len(prepared.x)):
         if progress:
@@ -188,6 +181,19 @@ def fit(
         plans=plans,
         attrs=attrs,
     )
+
+
+def build_model(
+    plans: list[ParameterPlan], data: PreparedData, lik: Likelihood
+) -> tuple[HierarchicalModel, dict]:
+    """The Pyro model of `plans` and the keyword arguments it is run with."""
+    model = HierarchicalModel(plans, data.num_groups, data.group_dim)
+    return model, {
+        "x": torch.as_tensor(data.x, dtype=torch.float64),
+        "group_index": torch.as_tensor(data.group_index),
+        "likelihood": lik,
+        "site": log_likelihood_name(lik.simulator),
+    }
 
 
 def _stack(per_chain: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -16,14 +16,14 @@ import sbi_plugins
 from sbi_plugins import potential as potential_module
 from sbi_plugins.data import prepare_data
 from sbi_plugins.estimators.resolve import shipped_estimator
-from sbi_plugins.hierarchy import HierarchicalModel, normalize_pooling, plan_parameters
-from sbi_plugins.idata import log_likelihood_name
+from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
 from sbi_plugins.likelihoods import Likelihood
 from sbi_plugins.potential import (
     HierarchicalPotential,
     compiled_potential,
     worth_compiling,
 )
+from sbi_plugins.runner import build_model
 
 
 def _ddm_trials() -> pd.DataFrame:
@@ -43,16 +43,10 @@ def _model(name: str, kind: str, pooling):
         data, group = example_data(), "location"
     prepared = prepare_data(data, sim, group)
     plans = plan_parameters(sim, normalize_pooling(pooling, sim, True), None)
-    model = HierarchicalModel(plans, prepared.num_groups, prepared.group_dim)
     lik = (
         Likelihood(sim) if kind == "exact" else Likelihood(sim, shipped_estimator(sim))
     )
-    kwargs = {
-        "x": torch.as_tensor(prepared.x, dtype=torch.float64),
-        "group_index": torch.as_tensor(prepared.group_index),
-        "likelihood": lik,
-        "site": log_likelihood_name(sim),
-    }
+    model, kwargs = build_model(plans, prepared, lik)
     return model, kwargs
 
 
