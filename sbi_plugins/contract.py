@@ -231,6 +231,11 @@ class Simulator:
     `({"v": 1, "a": 1}, {"z": 1})` for the DDM; the estimator is then conditioned on
     those products (see `sbi_plugins.reduction`). Only declare an exact symmetry:
     `check` and the tests compare against the exact likelihood where there is one.
+
+    `estimator_providers` names the other plugins (entry-point or distribution
+    names) allowed to register estimator files for this simulator. By default only
+    the simulator's own plugin may, so that installing another package cannot change
+    the estimator a fit of this simulator uses.
     """
 
     name: str
@@ -246,6 +251,7 @@ class Simulator:
     example_group: str | None = None
     network_condition: tuple[Mapping[str, float], ...] | None = None
     contract_version: int = CONTRACT_VERSION
+    estimator_providers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_name("simulator", self.name)

@@ -7,11 +7,20 @@ load, checksums) before it is used or listed: a bad one is refused, and its plug
 listed as failed with the reason. `SBI_PLUGINS_LOAD_PLUGINS` (comma-separated plugin
 or distribution names, empty for none) restricts what loads, as `LLM_LOAD_PLUGINS`
 does; `SBI_PLUGINS_STRICT=1` turns every loading failure into an error.
+
+No plugin can silently change another's model. A name clash is refused: a prior
+family or simulator name that a built-in already registered stays the built-in's,
+and one registered by two plugins is used by neither (its lookup names both) until
+one goes. An estimator file for another plugin's simulator is refused unless that
+simulator lists the plugin in `Simulator.estimator_providers`. A hook name that no
+hookspec has (a misspelling, which pluggy would ignore) is reported. Each of these is
+a failure of the offending plugin, with the reason, in `sbi-plugins list`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import os
 import warnings
 from collections.abc import Callable, Iterator
@@ -42,6 +51,11 @@ class PluginLoadWarning(UserWarning):
     """A plugin was skipped; the others still work."""
 
 
+class _Refused(ContractError):
+    """One registration was refused (a clash, a foreign estimator); the plugin's
+    other registrations still load, so the warning does not say it was skipped."""
+
+
 @dataclass
 class PluginInfo:
     """What `list_plugins()` reports for one plugin."""
@@ -70,6 +84,8 @@ class _Catalog:
     simulator_owner: dict[str, str] = field(default_factory=dict)
     conflicts: dict[str, list[str]] = field(default_factory=dict)
     priors: dict[str, PriorFamily] = field(default_factory=dict)
+    prior_owner: dict[str, str] = field(default_factory=dict)
+    prior_conflicts: dict[str, list[str]] = field(default_factory=dict)
     estimators: dict[str, list[EstimatorArtifact]] = field(default_factory=dict)
     unverified: list[tuple[EstimatorArtifact, PluginInfo]] = field(default_factory=list)
     refused: list[tuple[EstimatorArtifact, str]] = field(default_factory=list)
@@ -177,11 +193,36 @@ class Registry:
             fresh = PluginInfo(info.name, info.distribution, info.version)
             fresh.errors = [e for e in info.errors if e.startswith("import failed")]
             catalog.plugins[name] = fresh
+        self._check_hook_names(catalog)
         self._call_hook("register_priors", catalog, self._add_prior)
         self._call_hook("register_simulators", catalog, self._add_simulator)
         self._call_hook("register_estimators", catalog, self._add_estimator)
         self._catalog = catalog
         return catalog
+
+    def _check_hook_names(self, catalog: _Catalog) -> None:
+        """Report hook implementations that match no hookspec, plugin by plugin.
+
+        pluggy's `check_pending` raises on the first one only; a misspelled hook
+        (`register_simulator`) would otherwise register nothing, without a word."""
+        hooks = vars(self.pm.hook)
+        known = sorted(n for n, c in hooks.items() if n[0] != "_" and c.has_spec())
+        for name, caller in hooks.items():
+            if name.startswith("_") or caller.has_spec():
+                continue
+            for impl in caller.get_hookimpls():
+                if impl.optionalhook:
+                    continue
+                info = catalog.plugins.setdefault(
+                    impl.plugin_name, PluginInfo(impl.plugin_name)
+                )
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                self._fail(
+                    info,
+                    f"unknown hook {name!r} (hooks: {', '.join(known)}){hint}",
+                    skipped=False,
+                )
 
     def _call_hook(
         self,
@@ -189,8 +230,16 @@ class Registry:
         catalog: _Catalog,
         add: Callable[[_Catalog, PluginInfo, Any], None],
     ) -> None:
-        """Call each plugin's implementation on its own so one failure stays local."""
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+        """Call each plugin's implementation on its own so one failure stays local.
+
+        Built-ins first, then plugins in load order, whatever `tryfirst`/`trylast`
+        a plugin sets: what a built-in registers cannot be taken over."""
+        order = {name: i for i, name in enumerate(self._info)}
+        impls = sorted(
+            getattr(self.pm.hook, hook_name).get_hookimpls(),
+            key=lambda impl: order.get(impl.plugin_name, len(order)),
+        )
+        for impl in impls:
             info = catalog.plugins.setdefault(
                 impl.plugin_name, PluginInfo(impl.plugin_name)
             )
@@ -199,7 +248,7 @@ class Registry:
                 try:
                     add(catalog, _info, obj)
                 except ContractError as exc:
-                    self._fail(_info, str(exc))
+                    self._fail(_info, str(exc), skipped=not isinstance(exc, _Refused))
 
             try:
                 impl.function(register=register)
@@ -208,14 +257,20 @@ class Registry:
             except Exception as exc:
                 self._fail(info, f"{hook_name} raised {type(exc).__name__}: {exc}")
 
-    @staticmethod
-    def _add_prior(catalog: _Catalog, info: PluginInfo, family: Any) -> None:
+    def _add_prior(self, catalog: _Catalog, info: PluginInfo, family: Any) -> None:
         if not isinstance(family, PriorFamily):
             raise ContractError(
                 f"register_priors got {type(family).__name__}, expected PriorFamily"
             )
-        catalog.priors[family.name] = family
-        info.priors.append(family.name)
+        name = family.name
+        owner = catalog.prior_owner.get(name)
+        if owner is not None:
+            self._refuse_clash(
+                catalog, info, "prior family", name, owner, catalog.prior_conflicts
+            )
+        catalog.priors[name] = family
+        catalog.prior_owner[name] = info.name
+        info.priors.append(name)
 
     def _add_simulator(self, catalog: _Catalog, info: PluginInfo, sim: Any) -> None:
         if not isinstance(sim, Simulator):
@@ -236,22 +291,71 @@ class Registry:
                     f"simulator {sim.name!r}: prior family {prior.family!r} of "
                     f"{pname!r} is not registered (known: {', '.join(catalog.priors)})"
                 )
-        if sim.name in catalog.simulators:
-            catalog.conflicts.setdefault(
-                sim.name, [catalog.simulator_owner[sim.name]]
-            ).append(info.name)
-        else:
-            catalog.simulators[sim.name] = sim
-            catalog.simulator_owner[sim.name] = info.name
+        providers = sim.estimator_providers
+        if isinstance(providers, str) or not all(isinstance(p, str) for p in providers):
+            raise ContractError(
+                f"simulator {sim.name!r}: estimator_providers must be a tuple of "
+                f"plugin or distribution names, got {providers!r}"
+            )
+        owner = catalog.simulator_owner.get(sim.name)
+        if owner is not None:
+            self._refuse_clash(
+                catalog, info, "simulator", sim.name, owner, catalog.conflicts
+            )
+        catalog.simulators[sim.name] = sim
+        catalog.simulator_owner[sim.name] = info.name
         info.simulators.append(sim.name)
 
-    @staticmethod
-    def _add_estimator(catalog: _Catalog, info: PluginInfo, art: Any) -> None:
+    def _refuse_clash(
+        self,
+        catalog: _Catalog,
+        info: PluginInfo,
+        kind: str,
+        name: str,
+        owner: str,
+        conflicts: dict[str, list[str]],
+    ) -> None:
+        """Refuse a second registration of `name`, naming both plugins.
+
+        A built-in's stays in use; between two plugins, which one loaded first is an
+        accident of installation, so the name is used by neither (its lookup names
+        both) rather than silently by whichever won."""
+        if owner == info.name:
+            raise _Refused(f"{kind} {name!r} is registered twice by this plugin")
+        if owner in DEFAULT_PLUGINS:
+            raise _Refused(
+                f"{kind} {name!r} is already registered by the built-in plugin "
+                f"{owner!r}; "
+                f"plugin {info.name!r} may not replace it: register it under "
+                "another name"
+            )
+        conflicts.setdefault(name, [owner]).append(info.name)
+        first = self._describe_owner(catalog, owner)
+        raise _Refused(
+            f"{kind} {name!r} is already registered by {first}; neither is used "
+            f"until one is uninstalled, or {LOAD_PLUGINS_ENV} names only one"
+        )
+
+    def _add_estimator(self, catalog: _Catalog, info: PluginInfo, art: Any) -> None:
         if not isinstance(art, EstimatorArtifact):
             raise ContractError(
                 f"register_estimators got {type(art).__name__}, "
                 "expected EstimatorArtifact"
             )
+        owner = catalog.simulator_owner.get(art.simulator)
+        owners = catalog.conflicts.get(art.simulator) or ([owner] if owner else [])
+        # An estimator for a simulator nobody registers is kept: it is only ever
+        # loaded against a Simulator object, whose metadata the file must match.
+        if owners and info.name not in owners:
+            sim = catalog.simulators[art.simulator]
+            accepted = {_normalize(p) for p in sim.estimator_providers}
+            if not {_normalize(info.name), _normalize(info.distribution)} & accepted:
+                raise _Refused(
+                    f"estimator for simulator {art.simulator!r} refused: that "
+                    f"simulator belongs to {self._describe_owner(catalog, owners[0])}, "
+                    f"whose Simulator.estimator_providers does not name "
+                    f"{info.name!r}"
+                )
         catalog.estimators.setdefault(art.simulator, []).append(art)
         catalog.unverified.append((art, info))
         info.estimators.append(f"{art.simulator}:{art.recipe}")
@@ -316,7 +420,17 @@ class Registry:
         return f"plugin {plugin_name!r}"
 
     def prior_family(self, name: str) -> PriorFamily:
-        families = self._catalog_now().priors
+        catalog = self._catalog_now()
+        families = catalog.priors
+        if name in catalog.prior_conflicts:
+            owners = [
+                self._describe_owner(catalog, p) for p in catalog.prior_conflicts[name]
+            ]
+            raise PluginError(
+                f"prior family {name!r} is registered by more than one plugin: "
+                f"{' and '.join(owners)}. Uninstall one, or load only one with "
+                f"{LOAD_PLUGINS_ENV}=<name>"
+            )
         if name not in families:
             raise PluginError(
                 f"unknown population prior family {name!r}; registered: "
@@ -340,6 +454,13 @@ class Registry:
         catalog = self._catalog_now()
         name = catalog.simulator_owner.get(simulator)
         return catalog.plugins.get(name) if name else None
+
+
+def _normalize(name: str | None) -> str | None:
+    """Plugin and distribution names compared as packaging does (PEP 503)."""
+    if name is None:
+        return None
+    return name.lower().replace("_", "-").replace(".", "-")
 
 
 def _version(distribution: str) -> str | None:
