@@ -68,17 +68,29 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from sbi_plugins.contract import EstimatorRecipe
     from sbi_plugins.estimators import train
     from sbi_plugins.estimators.resolve import cache_path
+    from sbi_plugins.estimators.training import training_recipe
     from sbi_plugins.registry import get_simulator
 
     simulator = get_simulator(args.simulator)
-    out = Path(args.out) if args.out else cache_path(simulator)
+    # every recipe option given on the command line (--num-simulations, and any
+    # recipe field the parser gains) keys the cache file: no stand-in for the default
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(EstimatorRecipe)
+        if getattr(args, f.name, None) is not None
+    }
+    recipe = training_recipe(simulator, **overrides)
+    out = Path(args.out) if args.out else cache_path(simulator, recipe)
     if args.out:
         _refuse_existing(out)
     estimator = train(
         simulator,
-        num_simulations=args.num_simulations,
+        recipe=recipe,
         seed=args.seed,
         progress=not args.no_progress,
         client=args.scheduler,
@@ -93,6 +105,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"validation loss {training['best_validation_loss']:.4f}"
     )
     print(f"wrote {out}\nsha256 {estimator.checksum}")
+    if not args.out and recipe != simulator.recipe:
+        print(
+            f"its options differ from {simulator.name}'s recipe, so fits use it "
+            f"only when asked: --estimator {out}"
+        )
     return 0
 
 

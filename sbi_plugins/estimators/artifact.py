@@ -107,13 +107,24 @@ def load(
 
     name = str(path)
     payload, actual = read_payload(path, expected_sha256=expected_sha256)
-    metadata = json.loads(payload["metadata"])
-    net = build_network(
-        metadata["kind"],
-        metadata["network"],
-        payload["example_theta"],
-        payload["example_x"],
-    )
+    metadata = payload["metadata"]  # validated by read_payload
+    try:
+        net = build_network(
+            metadata["kind"],
+            metadata["network"],
+            payload["example_theta"],
+            payload["example_x"],
+        )
+    except EstimatorError as exc:
+        raise EstimatorError(f"{name}: {exc}") from exc
+    except Exception as exc:
+        # the network config is free-form per kind: a missing or mistyped entry
+        # surfaces as whatever the builder raises; say which file and retrain
+        raise EstimatorError(
+            f"{name}: malformed estimator metadata: its network config cannot be "
+            f"built ({type(exc).__name__}: {exc}); retrain it with `sbi-plugins "
+            "train`"
+        ) from exc
     try:
         net.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as exc:

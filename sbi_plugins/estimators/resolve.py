@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import re
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 
-from sbi_plugins.contract import Simulator
+from sbi_plugins.contract import EstimatorRecipe, Simulator
 from sbi_plugins.errors import EstimatorError
 from sbi_plugins.estimators import artifact
 from sbi_plugins.estimators.artifact import TrainedEstimator
@@ -25,20 +28,37 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "sbi-plugins"
 
 
-def cache_path(simulator: Simulator) -> Path:
-    """One file per simulator version, recipe and training domain."""
+def cache_path(simulator: Simulator, recipe: EstimatorRecipe | None = None) -> Path:
+    """One file per simulator version, training domain and recipe (default: the
+    simulator's), keyed on every recipe field: an estimator trained with other
+    options (`train --num-simulations 5000`) gets its own file and never stands in
+    for the recipe's own. The seed is left out: it draws another estimator of the
+    same recipe, not a different one."""
+    recipe = recipe or simulator.recipe
     key = json.dumps(
         {
             "domain": artifact.domain_of(simulator),
             "observables": simulator.observable_names,
-            "recipe": repr(simulator.recipe),
+            "recipe": repr(recipe),
         },
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return cache_dir() / (
-        f"{simulator.name}-{simulator.version}-{simulator.recipe.name}-{digest}.pt"
-    )
+    label = recipe.name + _overrides_label(simulator.recipe, recipe)
+    return cache_dir() / f"{simulator.name}-{simulator.version}-{label}-{digest}.pt"
+
+
+def _overrides_label(default: EstimatorRecipe, recipe: EstimatorRecipe) -> str:
+    """`+num_simulations5000` and the like: which fields differ from the
+    simulator's recipe, readable in a listing of the cache (the digest decides)."""
+    parts = []
+    for f in dataclasses.fields(recipe):
+        value = getattr(recipe, f.name)
+        if f.name == "name" or value == getattr(default, f.name):
+            continue
+        shown = "" if isinstance(value, Mapping) else re.sub(r"[^\w.]", "", str(value))
+        parts.append(f"+{f.name}{shown}")
+    return "".join(parts)[:80]
 
 
 def shipped_estimator(simulator: Simulator) -> TrainedEstimator | None:

@@ -9,6 +9,7 @@ finishes first, or on a chunk that ran twice because its worker died.
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing
@@ -26,7 +27,7 @@ from sbi_plugins.cluster import (
     task_error,
 )
 from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.errors import EstimatorError, SbiPluginsError
 
 SIMULATION_CHUNK = 10_000
 """Simulations per seeded chunk: part of what the seed means, so changing it changes
@@ -52,6 +53,95 @@ def plan_chunks(
     full, rest = divmod(num_simulations, chunk_size)
     sizes = [chunk_size] * full + ([rest] if rest else [])
     return list(enumerate(sizes))
+
+
+MAX_PROBE_CORNERS = 64
+"""Box corners `check_simulator_output` tries at most (a random subset beyond)."""
+PROBE_REPEATS = 4
+"""Tries per probe point: a point counts as broken only if every try is NaN/inf."""
+
+
+def probe_points(simulator: Simulator, rng: np.random.Generator) -> np.ndarray:
+    """The training box's corners (at most `MAX_PROBE_CORNERS`) and its centre:
+    where a simulator is most likely to break, and that training will visit."""
+    lower, upper = simulator.lower, simulator.upper
+    d = len(lower)
+    if 2**d <= MAX_PROBE_CORNERS:
+        bits = np.array(list(itertools.product((0, 1), repeat=d)), dtype=bool)
+    else:
+        bits = rng.integers(0, 2, size=(MAX_PROBE_CORNERS, d)).astype(bool)
+    corners = np.where(bits, upper, lower)
+    return np.vstack([corners, (lower + upper) / 2])
+
+
+def check_simulator_output(simulator: Simulator, seed: int = 0) -> None:
+    """Simulate a few rows at the box's corners and centre and refuse, in one line,
+    output that training would choke on later (an IndexError deep inside it) or
+    learn wrongly: a shape other than (rows, observables), non-numbers, a point
+    where every try is NaN or infinite, values outside an observable's kind and
+    support, or a theta changed in place."""
+    # the same support rules `sbi-plugins check` applies (imported late: check is
+    # a layer above the estimators)
+    from sbi_plugins.check import outside_support
+
+    name = simulator.name
+    hint = f"`sbi-plugins check {name}` tells more"
+    rng = np.random.default_rng([seed, 2**31])
+    points = probe_points(simulator, rng)
+    theta = np.repeat(points, PROBE_REPEATS, axis=0)
+    given = theta.copy()
+    n, n_obs = theta.shape[0], len(simulator.observables)
+    try:
+        raw = np.asarray(simulator.simulate(given, rng))
+    except Exception as exc:
+        raise EstimatorError(
+            f"simulator {name!r}: simulate raised {type(exc).__name__}: {exc} on "
+            f"{n} rows at the training box's corners and centre; {hint}"
+        ) from exc
+    if raw.shape != (n, n_obs):
+        raise EstimatorError(
+            f"simulator {name!r}: simulate returned shape {raw.shape} for {n} "
+            f"parameter rows; expected {(n, n_obs)} (one row per parameter row, one "
+            f"column per observable {simulator.observable_names}); {hint}"
+        )
+    if not (np.issubdtype(raw.dtype, np.number) or raw.dtype == np.bool_) or (
+        np.issubdtype(raw.dtype, np.complexfloating)
+    ):
+        raise EstimatorError(
+            f"simulator {name!r}: simulate returned dtype {raw.dtype}; expected real "
+            f"numbers; {hint}"
+        )
+    if not np.array_equal(given, theta):
+        raise EstimatorError(
+            f"simulator {name!r}: simulate changed its theta argument in place; work "
+            f"on a copy (training pairs each parameter row with its output); {hint}"
+        )
+    x = raw.astype(np.float64)
+    finite = np.isfinite(x).all(axis=1).reshape(len(points), PROBE_REPEATS)
+    dead = ~finite.any(axis=1)
+    if dead.any():
+        where = points[dead][:3].round(6).tolist()
+        raise EstimatorError(
+            f"simulator {name!r}: simulate returned NaN or infinite output in all "
+            f"{PROBE_REPEATS} tries at theta {where} ({simulator.parameter_names}), "
+            f"inside the training box; fix the simulator or narrow the box; {hint}"
+        )
+    outside = outside_support(simulator, x)
+    if outside.any():
+        j = int(np.flatnonzero(outside.any(axis=0))[0])
+        obs = simulator.observables[j]
+        allowed = (
+            f"codes {list(obs.codes)}"
+            if obs.kind == "choice"
+            else f"integers in [{obs.lower:g}, {obs.upper:g}]"
+            if obs.kind == "count"
+            else f"values in ({obs.lower:g}, {obs.upper:g})"
+        )
+        raise EstimatorError(
+            f"simulator {name!r}: simulate returned {obs.name} values "
+            f"{np.unique(x[outside[:, j], j])[:3].tolist()}, outside the {obs.kind} "
+            f"observable's declared {allowed}; {hint}"
+        )
 
 
 def simulate_chunk(

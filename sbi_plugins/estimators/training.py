@@ -22,6 +22,7 @@ from sbi_plugins.estimators.artifact import TrainedEstimator, domain_of
 from sbi_plugins.estimators.networks import build_network
 from sbi_plugins.estimators.simulation import (  # noqa: F401 (re-exported)
     SIMULATION_CHUNK,
+    check_simulator_output,
     plan_chunks,
     simulate_chunk,
     simulate_chunks,
@@ -268,6 +269,21 @@ def observed_support(simulator: Simulator, x: np.ndarray) -> dict[str, list[floa
     }
 
 
+def training_recipe(
+    simulator: Simulator,
+    recipe: EstimatorRecipe | None = None,
+    *,
+    num_simulations: int | None = None,
+    **recipe_overrides: Any,
+) -> EstimatorRecipe:
+    """The recipe `train` uses: `recipe` (default: the simulator's) with the
+    overrides applied. The cache path is keyed on it, so an estimator trained with
+    other options never stands in for the recipe's own."""
+    if num_simulations is not None:
+        recipe_overrides["num_simulations"] = num_simulations
+    return dataclasses.replace(recipe or simulator.recipe, **recipe_overrides)
+
+
 def train(
     simulator: Simulator,
     *,
@@ -291,13 +307,17 @@ def train(
 
     `recipe_overrides` replace recipe fields (e.g. `hidden_features=16`,
     `max_num_epochs=5`) so tests and quick looks can train tiny estimators.
+
+    The simulator is first run at the training box's corners and centre
+    (`check_simulator_output`): output training cannot use is refused in one line
+    before the budget is spent.
     """
     target = training_device(device)
-    recipe = recipe or simulator.recipe
-    if num_simulations is not None:
-        recipe_overrides["num_simulations"] = num_simulations
-    recipe = dataclasses.replace(recipe, **recipe_overrides)
-    kind = simulator.estimator_kind()
+    recipe = training_recipe(
+        simulator, recipe, num_simulations=num_simulations, **recipe_overrides
+    )
+    kind = dataclasses.replace(simulator, recipe=recipe).estimator_kind()
+    check_simulator_output(simulator, seed)
     started = time.perf_counter()
     theta_np, x_np = simulate_training_data(
         simulator,
