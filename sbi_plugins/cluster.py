@@ -5,9 +5,15 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
+import signal
+import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from concurrent.futures import CancelledError
+from contextlib import closing, contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import torch
@@ -16,6 +22,9 @@ from sbi_plugins.errors import SbiPluginsError
 
 CONNECT_TIMEOUT = "10s"
 """How long to wait for a scheduler before giving up with a message."""
+
+STOP_TIMEOUT = 5.0
+"""Seconds a local worker gets to exit when stopped, before it is killed."""
 
 
 class ClusterError(SbiPluginsError):
@@ -76,37 +85,210 @@ def local_workers(workers: int | None, tasks: int) -> int:
     return max(1, min(wanted, tasks))
 
 
-def process_pool(
-    workers: int, initializer: Any, initargs: tuple
-) -> ProcessPoolExecutor:
-    """A forked pool whose workers receive `initargs` by inheritance (not pickled).
+class WorkerDied(ClusterError):
+    """A local worker process ended while it ran a task, so the task's result is
+    lost: killed (the out-of-memory killer, a signal) or exited from native code."""
 
-    Each worker runs on one torch thread, set before any torch work: a forked child
+    def __init__(self, position: int, exitcode: int | None) -> None:
+        self.position = position
+        self.exitcode = exitcode
+        super().__init__(
+            f"a local worker process died running task {position}: "
+            f"{exit_cause(exitcode)}"
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[int, int | None]]:
+        return type(self), (self.position, self.exitcode)
+
+
+def exit_cause(exitcode: int | None) -> str:
+    """Why a process ended, in words: the signal's name rather than a negative
+    number, and the usual suspect for SIGKILL."""
+    if exitcode is None:
+        return "it stopped without an exit status"
+    if exitcode >= 0:
+        return f"it exited with code {exitcode}"
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    if -exitcode == signal.SIGKILL:
+        return (
+            f"it was killed by {name} (the signal the out-of-memory killer sends: "
+            "was memory short?)"
+        )
+    return f"it was killed by {name}"
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a worker process, as its cause."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    position: int | None = None
+    fresh: bool = True
+
+
+def _serve(
+    conn: Connection,
+    function: Callable[..., Any],
+    state: Any,
+    siblings: list[Connection],
+) -> None:
+    """A worker's loop: run `function(state, *task)` for each task received, send
+    back the result or the exception, until told to stop.
+
+    It closes its copies of the parent's ends of its siblings' pipes, so that each
+    pipe has one reader: a worker whose parent is gone then reads end-of-file and
+    exits. It runs on one torch thread, set before any torch work: a forked child
     that enters an OpenMP parallel region its parent's thread team already used
-    hangs (GNU OpenMP is not fork-safe), and one process per core is the point."""
-    return ProcessPoolExecutor(
-        max_workers=workers,
-        mp_context=mp.get_context("fork"),
-        initializer=_single_threaded,
-        initargs=(initializer, initargs),
-    )
-
-
-def _single_threaded(initializer: Any, initargs: tuple) -> None:
+    hangs (GNU OpenMP is not fork-safe), and one process per core is the point.
+    Ctrl-C is the parent's to handle: it stops the workers."""
+    for sibling in siblings:
+        sibling.close()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
-    initializer(*initargs)
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:
+            return
+        if message is None:
+            return
+        position, task = message
+        try:
+            reply = (position, True, function(state, *task))
+        except Exception as exc:
+            reply = (position, False, _portable(exc))
+        try:
+            conn.send(reply)
+        except Exception as exc:  # a result that does not pickle
+            conn.send((position, False, _portable(exc)))
 
 
-_STATE: Any = None
+def _portable(exc: Exception) -> tuple[Exception, str]:
+    """The exception (or, if it does not make the round trip through pickle, its
+    text) and its traceback."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__name__}: {exc}")
+    return exc, text
 
 
-def _adopt_state(state: Any) -> None:
-    global _STATE
-    _STATE = state
+def forked_results(
+    function: Callable[..., Any], state: Any, tasks: list[tuple], workers: int
+) -> Iterator[tuple[int, Any]]:
+    """`(position, function(state, *task))` for each task as it finishes, on
+    `workers` forked processes that inherit `state` (a simulator, an estimator,
+    arrays): only the tasks and results are pickled.
+
+    Where the worker running a task dies, that task's result is a `WorkerDied` and
+    a fresh worker takes the dead one's place; the other workers' tasks run on
+    undisturbed (a `ProcessPoolExecutor` breaks as a whole and fails them all). An
+    exception raised by `function` is raised here. Closing the iterator stops the
+    workers."""
+    context = mp.get_context("fork")
+    waiting = deque(enumerate(tasks))
+    pool: list[_Worker] = []
+
+    def started() -> _Worker:
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=_serve,
+            args=(theirs, function, state, [w.conn for w in pool]),
+            name="sbi-plugins-worker",
+            daemon=True,
+        )
+        process.start()
+        theirs.close()
+        return _Worker(process, ours)
+
+    def hand_over(worker: _Worker) -> list[tuple[int, WorkerDied]]:
+        """Give `worker` the next task. A worker found dead before it took it is
+        replaced; the task goes back to the queue, unless the dead one was fresh
+        (a worker that dies at once would again): then it is lost."""
+        lost = []
+        worker.position = None
+        while waiting:
+            position, task = waiting.popleft()
+            try:
+                worker.conn.send((position, task))
+            except OSError:
+                worker.process.join()
+                if worker.fresh:
+                    lost.append(
+                        (position, WorkerDied(position, worker.process.exitcode))
+                    )
+                else:
+                    waiting.appendleft((position, task))
+                _stop(worker)
+                pool[pool.index(worker)] = worker = started()
+                continue
+            worker.position, worker.fresh = position, False
+            break
+        return lost
+
+    try:
+        for _ in range(min(workers, len(tasks))):
+            pool.append(started())
+        for worker in list(pool):
+            yield from hand_over(worker)
+        while busy := [w for w in pool if w.position is not None]:
+            ends = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+            ready = set(wait(ends))
+            for worker in busy:
+                if worker.conn not in ready and worker.process.sentinel not in ready:
+                    continue
+                position = worker.position
+                assert position is not None
+                try:
+                    reply = worker.conn.recv() if worker.conn.poll() else None
+                except (EOFError, OSError):
+                    reply = None
+                if reply is None:  # it died running the task
+                    worker.process.join()
+                    died = WorkerDied(position, worker.process.exitcode)
+                    worker.position = None
+                    _stop(worker)
+                    pool[pool.index(worker)] = worker = started()
+                    lost = hand_over(worker)
+                    yield position, died
+                    yield from lost
+                    continue
+                _, ok, value = reply
+                if not ok:
+                    exc, text = value
+                    exc.__cause__ = RemoteTraceback(text)
+                    raise exc
+                lost = hand_over(worker)
+                yield position, value
+                yield from lost
+    finally:
+        for worker in pool:
+            _stop(worker)
 
 
-def _with_state(function: Callable[..., Any], task: tuple) -> Any:
-    return function(_STATE, *task)
+def _stop(worker: _Worker) -> None:
+    """End a worker: an idle one is asked to stop, a busy one (whose result nobody
+    waits for any more) is terminated."""
+    if worker.position is None:
+        with suppress(OSError):
+            worker.conn.send(None)
+    else:
+        worker.process.terminate()
+    worker.process.join(timeout=STOP_TIMEOUT)
+    if worker.process.is_alive():
+        worker.process.kill()
+        worker.process.join()
+    worker.conn.close()
 
 
 def forked_map(
@@ -114,19 +296,13 @@ def forked_map(
 ) -> Iterator[tuple[int, Any]]:
     """`(position, function(state, *task))` for each task as it finishes, on
     `workers` forked processes that inherit `state` (a simulator, arrays): only the
-    tasks and results are pickled. Closing the iterator cancels what has not run."""
-    from concurrent.futures import as_completed
-
-    with process_pool(workers, _adopt_state, (state,)) as pool:
-        futures = {
-            pool.submit(_with_state, function, task): i for i, task in enumerate(tasks)
-        }
-        try:
-            for future in as_completed(futures):
-                yield futures[future], future.result()
-        finally:
-            for future in futures:
-                future.cancel()
+    tasks and results are pickled. A worker that dies raises `WorkerDied`, naming
+    the task and the cause. Closing the iterator cancels what has not run."""
+    with closing(forked_results(function, state, tasks, workers)) as results:
+        for position, result in results:
+            if isinstance(result, WorkerDied):
+                raise result
+            yield position, result
 
 
 def finished_in_turn(futures: list[Any]) -> Iterator[tuple[Any, Any]]:
@@ -144,8 +320,14 @@ def finished_in_turn(futures: list[Any]) -> Iterator[tuple[Any, Any]]:
 
 
 def task_error(future: Any) -> str:
-    """What went wrong with a Dask future that did not finish."""
+    """What went wrong with a Dask future that did not finish; for a cancelled
+    one, the scheduler's reason (lost dependencies, already forgotten)."""
     if future.status == "error":
         exc = future.exception()
         return f"{type(exc).__name__}: {exc}"
+    if future.status == "cancelled":
+        try:
+            future.result()
+        except CancelledError as exc:
+            return f"task cancelled: {exc}".rstrip(".")
     return f"task {future.status}"

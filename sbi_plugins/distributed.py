@@ -3,8 +3,9 @@
 The estimator is resolved (and trained, if need be) once, here, then sent to each
 worker once; each data set is one task that runs `fit` with its chains one after
 another (a Dask worker is a daemonic process and may not fork chain processes).
-Results come back as they finish; a data set whose fit fails, or whose worker keeps
-dying, is reported for that data set, and the others are kept.
+Results come back as they finish; a data set whose fit fails, or whose worker dies
+(locally) or keeps dying (on Dask, past its allowed retries), is reported for that
+data set, and the others are kept.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import traceback
 import uuid
 import warnings
 from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,10 +26,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from sbi_plugins.cluster import (
+    WorkerDied,
+    exit_cause,
     finished_in_turn,
+    forked_results,
     get_client,
     local_workers,
-    process_pool,
     task_error,
 )
 from sbi_plugins.contract import Simulator
@@ -195,19 +199,13 @@ def _with_progress(
             yield outcome
 
 
-_SHARED: tuple[Simulator, TrainedEstimator | None, dict[str, Any]] | None = None
-
-
-def _adopt(
-    simulator: Simulator, estimator: TrainedEstimator | None, options: dict[str, Any]
-) -> None:
-    global _SHARED
-    _SHARED = (simulator, estimator, options)
-
-
-def _fit_in_worker(key: Hashable, position: int, data: Dataset) -> FitOutcome:
-    assert _SHARED is not None
-    return _fit_one(key, position, data, *_SHARED)
+def _fit_task(
+    shared: tuple[Simulator, TrainedEstimator | None, dict[str, Any]],
+    key: Hashable,
+    position: int,
+    data: Dataset,
+) -> FitOutcome:
+    return _fit_one(key, position, data, *shared)
 
 
 def _on_processes(
@@ -218,25 +216,21 @@ def _on_processes(
     workers: int,
 ) -> Iterator[FitOutcome]:
     """Forked processes inherit the simulator and estimator: nothing is pickled
-    but each data set and its result."""
-    from concurrent.futures import as_completed
-    from concurrent.futures.process import BrokenProcessPool
-
-    with process_pool(workers, _adopt, (simulator, estimator, options)) as pool:
-        futures = {
-            pool.submit(_fit_in_worker, key, i, data): (i, key)
-            for i, (key, data) in items
-        }
-        try:
-            for future in as_completed(futures):
-                try:
-                    yield future.result()
-                except BrokenProcessPool as exc:
-                    i, key = futures[future]
-                    yield FitOutcome(key, i, error=f"worker process died: {exc}")
-        finally:
-            for future in futures:
-                future.cancel()
+    but each data set and its result. A worker that dies (out of memory, killed)
+    costs its own data set only: a fresh process takes its place and the other
+    fits go on."""
+    tasks = [(key, i, data) for i, (key, data) in items]
+    shared = (simulator, estimator, options)
+    with closing(forked_results(_fit_task, shared, tasks, workers)) as results:
+        for position, result in results:
+            if isinstance(result, WorkerDied):
+                i, (key, _) = items[position]
+                error = (
+                    f"the worker process fitting data set {key!r} died: "
+                    f"{exit_cause(result.exitcode)}; the other data sets went on"
+                )
+                result = FitOutcome(key, i, error=error)
+            yield result
 
 
 def _on_dask(
@@ -247,13 +241,21 @@ def _on_dask(
     options: dict[str, Any],
     close: bool,
 ) -> Iterator[FitOutcome]:
-    """The estimator is scattered to every worker once; each data set is a task.
-    A task whose worker dies is rerun by the scheduler elsewhere, up to Dask's
-    `distributed.scheduler.allowed-failures`; then it is reported as failed."""
+    """Each data set is a task; the estimator is one more, which they depend on.
+
+    The estimator is a task (its value held in the graph), not scattered data: the
+    scheduler can recompute a task whose result was lost with its workers, but not
+    scattered data, and lost scattered data cancels every fit still pending. So a
+    worker that joins later fetches the estimator from a peer, or recomputes it
+    when no holder is left. A fit whose worker dies is rerun elsewhere, up to
+    Dask's `distributed.scheduler.allowed-failures`; then it is reported as failed
+    for that data set."""
+    run = uuid.uuid4().hex[:8]
     shared = None
     if estimator is not None:
-        shared = client.scatter(estimator, broadcast=True, hash=False)
-    run = uuid.uuid4().hex[:8]
+        shared = client.submit(
+            _estimator, estimator, key=f"estimator-{simulator.name}-{run}", pure=False
+        )
     where: dict[str, tuple[int, Hashable]] = {}
     futures = []
     for i, (key, data) in items:
@@ -276,7 +278,7 @@ def _on_dask(
             pending.discard(future)
             i, key = where[future.key]
             if result is None:
-                error = f"lost on the cluster: {task_error(future)}"
+                error = f"data set {key!r} lost on the cluster: {task_error(future)}"
                 result = FitOutcome(key, i, error=error)
             yield result
     finally:
@@ -286,3 +288,8 @@ def _on_dask(
             shared.release()
         if close:
             client.close()
+
+
+def _estimator(estimator: TrainedEstimator) -> TrainedEstimator:
+    """The estimator as the result of a task, so that Dask can make it again."""
+    return estimator

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing as mp
 import os
 import signal
 import time
@@ -218,7 +219,7 @@ def test_fit_many_reports_a_data_set_lost_with_its_worker_and_keeps_the_rest(
     client, datasets, tiny_cookie_estimator, monkeypatch
 ):
     """With no retries allowed, the data set a dead worker was fitting is reported
-    lost; the fits that finished, and the others, come back whole."""
+    lost, by name; the fits that finished, and the others, come back whole."""
     scheduler = client.cluster.scheduler
     monkeypatch.setattr(scheduler, "allowed_failures", 0)
     client.wait_for_workers(2, timeout=120)
@@ -244,14 +245,84 @@ def test_fit_many_reports_a_data_set_lost_with_its_worker_and_keeps_the_rest(
     assert sorted([*fits, *failures]) == sorted(many)
     assert failures, "the dead worker's data set was not reported"
     assert all("KilledWorker" in error for error in failures.values())
+    assert all(repr(key) in error for key, error in failures.items())
     assert outcomes[0].ok and outcomes[0].key in fits
-    lost_positions = {int(key.rsplit("-", 1)[1]) for key in killed}
+    lost_positions = {
+        int(key.rsplit("-", 1)[1]) for key in killed if key.startswith("fit-")
+    }
     assert {o.position for o in outcomes if not o.ok} <= lost_positions
     for key in list(fits)[:2]:
         alone = sbi_plugins.fit(
             many[key], "cookie", estimator=tiny_cookie_estimator, progress=False, **FIT
         )
         assert _same_fit(fits[key], alone), key
+
+
+def _kill_workers_once(theta, rng, pids: list[int], marker: str, simulate):
+    """The real simulator, except that the first call on the cluster kills every
+    worker process (itself last), whatever each is doing: no worker that held the
+    estimator is left."""
+    try:
+        Path(marker).touch(exist_ok=False)
+    except FileExistsError:
+        return simulate(theta, rng)
+    for pid in sorted(pids, key=lambda pid: pid == os.getpid()):
+        os.kill(pid, signal.SIGKILL)
+    raise AssertionError("this worker was killed")
+
+
+@pytest.mark.slow
+def test_fit_many_on_the_cluster_survives_losing_every_worker(
+    client, datasets, tiny_cookie_estimator, cookie, tmp_path
+):
+    """The first fit to reach its posterior predictive kills both workers, so
+    every fit is still pending and no worker holds the estimator any more; the
+    nannies start fresh workers, the scheduler makes the estimator again there and
+    reruns the fits: all come back, equal to each fitted alone. (Scattered data
+    cannot be made again: every pending fit used to be cancelled.)"""
+    client.wait_for_workers(2, timeout=120)
+    pids = list(client.run(os.getpid).values())
+    marker = tmp_path / "killed"
+    deadly = dataclasses.replace(
+        cookie,
+        simulate=functools.partial(
+            _kill_workers_once, pids=pids, marker=str(marker), simulate=cookie.simulate
+        ),
+    )
+    outcomes = list(
+        sbi_plugins.fit_many(
+            datasets,
+            deadly,
+            client=client,
+            estimator=tiny_cookie_estimator,
+            progress=False,
+            **FIT,
+        )
+    )
+    fits, failures = sbi_plugins.collect_fits(outcomes)
+    assert marker.exists(), "no worker was killed"
+    assert not set(pids) & set(client.run(os.getpid).values())
+    assert not failures and list(fits) == list(datasets)
+    for key, data in datasets.items():
+        alone = sbi_plugins.fit(
+            data, "cookie", estimator=tiny_cookie_estimator, progress=False, **FIT
+        )
+        assert _same_fit(fits[key], alone), key
+
+
+def test_a_cancelled_task_says_why():
+    """A fit the scheduler cancels reports the scheduler's reason."""
+    from distributed.client import FutureCancelledError
+
+    from sbi_plugins.cluster import task_error
+
+    class Cancelled:
+        status = "cancelled"
+
+        def result(self):
+            raise FutureCancelledError("fit-cookie-1", "lost dependencies")
+
+    assert "lost dependencies" in task_error(Cancelled())
 
 
 @pytest.mark.slow
@@ -273,6 +344,119 @@ def test_fit_many_in_local_processes_equals_fitting_each_alone(
         data, "cookie", estimator=tiny_cookie_estimator, progress=False, **FIT
     )
     assert _same_fit(fits[key], alone)
+
+
+def _run_or_die(state, task: str):
+    """A task that dies as it is told to, or returns its name and process."""
+    if task == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if task == "exit":
+        os._exit(3)
+    if task == "raise":
+        raise ValueError("bad task")
+    return task, os.getpid()
+
+
+def _our_workers() -> list:
+    return [p for p in mp.active_children() if p.name == "sbi-plugins-worker"]
+
+
+@pytest.mark.timeout(60)
+def test_forked_map_names_the_task_whose_worker_died_and_the_cause():
+    from sbi_plugins.cluster import RemoteTraceback, WorkerDied, forked_map
+
+    tasks = [("fine",), ("kill",), ("fine",)]
+    with pytest.raises(WorkerDied, match=r"task 1: it was killed by SIGKILL.*memory"):
+        list(forked_map(_run_or_die, None, tasks, 2))
+    with pytest.raises(WorkerDied, match="task 0: it exited with code 3"):
+        list(forked_map(_run_or_die, None, [("exit",)], 1))
+    with pytest.raises(ValueError, match="bad task") as raised:
+        list(forked_map(_run_or_die, None, [("fine",), ("raise",)], 2))
+    assert isinstance(raised.value.__cause__, RemoteTraceback)
+    assert "_run_or_die" in str(raised.value.__cause__)
+    done = dict(forked_map(_run_or_die, None, [("a",), ("b",), ("c",)], 2))
+    assert [done[i][0] for i in range(3)] == ["a", "b", "c"]
+    assert not _our_workers()
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_local_worker_costs_only_its_own_data_set(
+    datasets, monkeypatch, tmp_path
+):
+    """One worker dies fitting 'doomed' while the other is in the middle of 'busy'
+    (held until the death is reported): 'doomed' fails with the cause, 'busy' and
+    the rest finish, each run once, on a fresh worker where needed."""
+    from sbi_plugins import distributed as dist
+
+    released = mp.get_context("fork").Event()
+
+    def fake_fit(key, position, data, simulator, estimator, options):
+        (tmp_path / f"{key}-{uuid.uuid4().hex}").touch()
+        if key == "doomed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if key == "busy" and not released.wait(timeout=30):
+            return dist.FitOutcome(key, position, error="never released")
+        return dist.FitOutcome(key, position)
+
+    monkeypatch.setattr(dist, "_fit_one", fake_fit)
+    data = datasets["site1"]
+    keys = ["busy", "doomed", "a", "b", "c"]
+    outcomes = []
+    for outcome in sbi_plugins.fit_many(
+        dict.fromkeys(keys, data),
+        "cookie",
+        workers=2,
+        likelihood="exact",
+        progress=False,
+    ):
+        outcomes.append(outcome)
+        if outcome.key == "doomed":
+            released.set()
+    fits, failures = sbi_plugins.collect_fits(outcomes)
+    assert outcomes[0].key == "doomed"
+    assert list(failures) == ["doomed"]
+    assert "'doomed' died" in failures["doomed"]
+    assert "SIGKILL" in failures["doomed"] and "memory" in failures["doomed"]
+    assert list(fits) == ["busy", "a", "b", "c"]
+    runs = sorted(marker.name.rsplit("-", 1)[0] for marker in tmp_path.iterdir())
+    assert runs == sorted(keys)
+    assert not _our_workers()
+
+
+@pytest.mark.slow
+def test_real_fits_outlive_a_local_worker_killed_mid_run(
+    datasets, tiny_cookie_estimator, monkeypatch
+):
+    """End to end: the worker fitting 'doomed' is killed; the real fits of the
+    other data sets come back equal to each fitted alone."""
+    from sbi_plugins import distributed as dist
+
+    real_fit = dist._fit_one
+
+    def dying_fit(key, *args):
+        if key == "doomed":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_fit(key, *args)
+
+    monkeypatch.setattr(dist, "_fit_one", dying_fit)
+    many = {"doomed": datasets["site1"], **datasets}
+    fits, failures = sbi_plugins.collect_fits(
+        sbi_plugins.fit_many(
+            many,
+            "cookie",
+            workers=2,
+            estimator=tiny_cookie_estimator,
+            progress=False,
+            **FIT,
+        )
+    )
+    assert list(failures) == ["doomed"] and "SIGKILL" in failures["doomed"]
+    assert list(fits) == list(datasets)
+    for key, data in datasets.items():
+        alone = sbi_plugins.fit(
+            data, "cookie", estimator=tiny_cookie_estimator, progress=False, **FIT
+        )
+        assert _same_fit(fits[key], alone), key
 
 
 def test_fit_many_refuses_one_data_set_and_parallel_chains(datasets):
