@@ -1,20 +1,22 @@
 """`sbi-plugins`: argument parsing, messages and exit codes; no logic of its own.
 
 A user error prints one line, `sbi-plugins: error: ...`, and exits with status 2; no
-traceback, and no existing file is overwritten.
+traceback. An output is checked before any work and never replaces a file, even one
+that appeared while the command ran (see `sbi_plugins.outputs`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.outputs import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2
 
@@ -40,8 +42,10 @@ def parse_pooling(text: str) -> str | dict[str, str]:
 
 
 def _refuse_existing(path: Path) -> None:
-    if path.exists():
-        raise CliError(f"{path} exists; choose another --out (nothing was overwritten)")
+    """Before any work: an output that exists or cannot be written is refused."""
+    from sbi_plugins.outputs import check_new_file
+
+    check_new_file(path)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -88,6 +92,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else cache_path(simulator, recipe)
     if args.out:
         _refuse_existing(out)
+    else:
+        from sbi_plugins.outputs import check_writable_dir
+
+        check_writable_dir(
+            out.parent, out, instead="set SBI_PLUGINS_CACHE_DIR or give --out"
+        )
     estimator = train(
         simulator,
         recipe=recipe,
@@ -97,7 +107,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
     )
-    estimator.save(out, overwrite=not args.out)
+    if args.out:
+        from sbi_plugins.outputs import write_new
+
+        write_new(out, lambda tmp: estimator.save(tmp, overwrite=True))
+    else:
+        estimator.save(out, overwrite=True)
     training = estimator.metadata["training"]
     print(
         f"trained {simulator.name} estimator ({estimator.kind}) on "
@@ -143,11 +158,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _write_netcdf(idata, out: Path) -> None:
-    """Write to a temporary name, then move into place: no half-written files."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    idata.to_netcdf(str(tmp))
-    os.replace(tmp, out)
+    """Never a half-written file, and never over a file that appeared meanwhile."""
+    from sbi_plugins.outputs import write_new
+
+    write_new(out, lambda tmp: idata.to_netcdf(str(tmp)))
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -270,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="fit a simulator's hierarchical model to a CSV")
     p.add_argument("simulator")
-    p.add_argument("data", help="CSV with the simulator's observable columns")
+    p.add_argument(
+        "data", help="table (CSV, JSON, Stata, ...) with the observable columns"
+    )
     p.add_argument("--group", help="group column (subjects, sites, locations)")
     p.add_argument(
         "--pooling",
@@ -362,10 +378,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ignore", message=".*ArviZ is undergoing a major refactor.*"
     )
     try:
-        return args.func(args)
+        with terminate_as_interrupt():
+            return args.func(args)
     except SbiPluginsError as exc:
         print(f"sbi-plugins: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Terminated:
+        print("sbi-plugins: terminated", file=sys.stderr)
+        return 128 + int(signal.SIGTERM)
     except KeyboardInterrupt:
         print("sbi-plugins: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import io
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,22 +37,331 @@ class PreparedData:
         return self.group or "group"
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read CSV (or whitespace-separated) data, with a message a user can act on."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"cannot read data file {str(path)!r}: no such file")
+TABLE_FORMATS = (
+    "a table: CSV (comma, semicolon, tab or space separated, UTF-8), JSON, "
+    "Stata (.dta), SAS, or parquet/feather (with pyarrow)"
+)
+SEPARATORS = (",", "\t", ";", "|")
+WHITESPACE = r"\s+"
+_SNIFF_CHARS = 1 << 16
+_SNIFF_ROWS = 200
+# leading bytes of formats that are not (or not yet) text tables
+_MAGIC = (
+    (b"\x89HDF\r\n\x1a\n", "hdf5"),
+    (b"CDF\x01", "netcdf"),
+    (b"CDF\x02", "netcdf"),
+    (b"CDF\x05", "netcdf"),
+    (b"PAR1", "parquet"),
+    (b"ARROW1", "feather"),
+    (b"FEA1", "feather"),
+    (b"ORC", "orc"),
+    (b"<stata_dta>", "stata"),
+    (b"$FL2", "spss"),
+    (b"$FL3", "spss"),
+    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "xls"),
+    (b"PK\x03\x04", "zip"),
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bz2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+    (b"%PDF", "pdf"),
+)
+_SUFFIXES = {
+    ".nc": "netcdf",
+    ".nc4": "netcdf",
+    ".netcdf": "netcdf",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".feather": "feather",
+    ".arrow": "feather",
+    ".orc": "orc",
+    ".dta": "stata",
+    ".sas7bdat": "sas7bdat",
+    ".xpt": "xport",
+    ".sav": "spss",
+    ".zsav": "spss",
+    ".xlsx": "xlsx",
+    ".xlsm": "xlsx",
+    ".xls": "xls",
+    ".ods": "ods",
+    ".pkl": "pickle",
+    ".pickle": "pickle",
+    ".json": "json",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+}
+# formats that are not tables, or that pandas reads only through Excel engines
+_REFUSED = {
+    "netcdf": "this is a netCDF file (a saved fit?)",
+    "hdf5": "this is an HDF5 or netCDF file (a saved fit?)",
+    "xls": "this is an Excel workbook: save the sheet as CSV",
+    "xlsx": "this is an Excel workbook: save the sheet as CSV",
+    "ods": "this is a spreadsheet: save the sheet as CSV",
+    "pdf": "this is a PDF document",
+    "pickle": "this is a Python pickle (it could run code when read)",
+    "zstd": "this is zstd-compressed: decompress it first",
+}
+# readable with pandas alone, or with the optional package named
+_NEEDS = {
+    "parquet": "pyarrow",
+    "feather": "pyarrow",
+    "orc": "pyarrow",
+    "spss": "pyreadstat",
+}
+
+
+def _data_error(path: Path, reason: str) -> DataError:
+    return DataError(f"cannot read data file {str(path)!r}: {reason}")
+
+
+def _kind(raw: bytes, name: str) -> str:
+    """What a file is, from its first bytes, else from its name's suffix."""
+    by_name = _SUFFIXES.get(Path(name).suffix.lower(), "text")
+    for magic, kind in _MAGIC:
+        if raw.startswith(magic):
+            return "netcdf" if kind == "hdf5" and by_name == "netcdf" else kind
+    if raw[:1] == b"\x80" and raw[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return by_name
+
+
+def _unpack(path: Path, raw: bytes) -> tuple[bytes, str]:
+    """Decompress gzip, bz2, xz and single-file zip (pandas reads those CSVs);
+    returns the bytes and what they are."""
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    name = path.name
+    kind = _kind(raw, name)
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+                members = [m for m in archive.namelist() if not m.endswith("/")]
+                if "[Content_Types].xml" in members or "xl/workbook.xml" in members:
+                    return raw, "xlsx"
+                if "mimetype" in members or "content.xml" in members:
+                    return raw, "ods"
+                if len(members) != 1:
+                    raise _data_error(
+                        path, f"a zip archive of {len(members)} files, not one table"
+                    )
+                name = members[0]
+                raw = archive.read(name)
+        except zipfile.BadZipFile as exc:
+            raise _data_error(path, f"a damaged zip archive ({exc})") from exc
+        return raw, _kind(raw, name)
+    openers = {"gzip": gzip.decompress, "bz2": bz2.decompress, "xz": lzma.decompress}
+    if kind in openers:
+        try:
+            raw = openers[kind](raw)
+        except (OSError, EOFError, ValueError, lzma.LZMAError) as exc:
+            raise _data_error(path, f"a damaged {kind} file ({exc})") from exc
+        stem, suffix = os.path.splitext(name)
+        if suffix.lower() in (".gz", ".bz2", ".xz"):
+            name = stem
+        return raw, _kind(raw, name)
+    return raw, kind
+
+
+def _decode(path: Path, raw: bytes) -> str:
+    """UTF-8 with or without a BOM, or UTF-16 with its BOM (Excel's "Unicode
+    text"); anything else is refused rather than guessed."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as exc:
+            raise _data_error(path, f"damaged UTF-16 text ({exc.reason})") from exc
+    if b"\x00" in raw[:_SNIFF_CHARS]:
+        raise _data_error(
+            path, f"it is not text (binary content); the data must be {TABLE_FORMATS}"
+        )
     try:
-        return pd.read_csv(path, sep=None, engine="python")
-    except (
-        pd.errors.ParserError,
-        pd.errors.EmptyDataError,
-        UnicodeDecodeError,
-        OSError,
-    ) as exc:
-        raise DataError(
-            f"cannot read data file {str(path)!r} as CSV: {exc}".rstrip()
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise _data_error(
+            path,
+            f"it is not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); "
+            "save it as CSV UTF-8",
         ) from exc
+
+
+def _fields(rows: list[str], sep: str) -> list[list[str]]:
+    if sep == WHITESPACE:
+        return [re.findall(r'"[^"]*"|\S+', row) for row in rows]
+    reader = csv.reader(io.StringIO("\n".join(rows)), delimiter=sep)
+    out = []
+    try:
+        for fields in reader:
+            if fields:
+                out.append(fields)
+    except csv.Error:
+        pass  # a quote cut by the sample's end: judge the rows before it
+    return out
+
+
+def sniff_separator(text: str) -> str:
+    """The separator under which the header splits into most columns and every
+    sampled row has as many fields (or one more: row names); whitespace only when
+    no separator character does. A header that none splits is one column.
+
+    Python's `csv.Sniffer` guesses any character, so it split a one-column CSV
+    `chips` on the letter "s"."""
+    sample = text[:_SNIFF_CHARS]
+    rows = [row for row in sample.splitlines() if row.strip()]
+    if len(text) > _SNIFF_CHARS and len(rows) > 1:
+        rows = rows[:-1]  # cut mid-row
+    rows = rows[: _SNIFF_ROWS + 1]
+    ranked = []
+    for order, sep in enumerate((*SEPARATORS, WHITESPACE)):
+        header, *body = _fields(rows, sep) or [[]]
+        width = len(header)
+        if width < 2:
+            continue
+        consistent = len({len(f) for f in body} - {width}) == 0 or all(
+            len(f) == width + 1 for f in body
+        )
+        if sep == WHITESPACE and not consistent:
+            continue
+        ranked.append((consistent, sep != WHITESPACE, width, -order, sep))
+    return max(ranked)[-1] if ranked else ","
+
+
+def _header(text: str, sep: str) -> list[str]:
+    first = re.search(r"[^\r\n]*\S[^\r\n]*", text)
+    fields = _fields([first.group(0)], sep) if first else []
+    return [f.strip().strip('"') for f in fields[0]] if fields else []
+
+
+def _decimal_commas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Numbers written with a decimal comma (`0,53` in a `;` file, as European
+    spreadsheets save them) become numbers."""
+    pattern = r"^\s*[+-]?(\d+,\d*|,\d+)([eE][+-]?\d+)?\s*$"
+    for column in frame.columns:
+        if pd.api.types.is_numeric_dtype(frame[column]):
+            continue
+        values = frame[column].dropna()
+        if len(values) and values.astype(str).str.match(pattern).all():
+            frame[column] = pd.to_numeric(
+                frame[column].map(
+                    lambda v: v.replace(",", ".") if isinstance(v, str) else v
+                )
+            )
+    return frame
+
+
+def _read_text(path: Path, raw: bytes) -> pd.DataFrame:
+    text = _decode(path, raw)
+    first = re.search(r"\S", text)
+    if first is None:
+        raise _data_error(path, f"the file is empty; the data must be {TABLE_FORMATS}")
+    start = first.group(0)
+    if start == "<":
+        raise _data_error(
+            path, f"this is HTML or XML, not a table; the data must be {TABLE_FORMATS}"
+        )
+    if start in "[{":
+        return _read_json(path, text, lines=False)
+    sep = sniff_separator(text)
+    header = [name for name in _header(text, sep) if name]
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise _data_error(
+            path,
+            f"column(s) {', '.join(map(repr, repeated))} appear more than once in "
+            "the header; give every column its own name",
+        )
+    label = {",": "comma", "\t": "tab", ";": "semicolon", "|": "|"}.get(sep, "space")
+    try:
+        # `a, b` as some tools write it: the space is not part of the value
+        options = {} if sep == WHITESPACE else {"skipinitialspace": True}
+        frame = pd.read_csv(io.StringIO(text), sep=sep, **options)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as exc:
+        reason = " ".join(str(exc).split())
+        raise _data_error(path, f"as {label}-separated CSV: {reason}") from exc
+    if len(frame.columns) == 1 and not frame.index.equals(pd.RangeIndex(len(frame))):
+        raise _data_error(
+            path,
+            f"the header names one column, {header[0]!r}, but the rows have more "
+            "fields: give every column a name in the header",
+        )
+    frame.columns = [c.strip() if isinstance(c, str) else c for c in frame.columns]
+    return _decimal_commas(frame) if sep != "," else frame
+
+
+def _read_json(path: Path, text: str, lines: bool) -> pd.DataFrame:
+    """Records (`[{...}, ...]`), columns (`{"col": {...}}`) or JSON lines."""
+    lines = lines or (text.lstrip().startswith("{") and "}\n{" in text.strip())
+    try:
+        frame = pd.read_json(io.StringIO(text), lines=lines)
+    except ValueError as exc:
+        raise _data_error(
+            path, f"as JSON: {exc}; the data must be {TABLE_FORMATS}"
+        ) from exc
+    if not isinstance(frame, pd.DataFrame):
+        raise _data_error(path, f"the JSON is not a table; it must be {TABLE_FORMATS}")
+    return frame
+
+
+def _read_binary(path: Path, raw: bytes, kind: str) -> pd.DataFrame:
+    needs = _NEEDS.get(kind)
+    if needs is not None and importlib.util.find_spec(needs) is None:
+        raise _data_error(
+            path,
+            f"this is a {kind} file; reading it needs {needs} (pip install "
+            f"{needs}), or save the table as CSV",
+        )
+    readers = {
+        "parquet": pd.read_parquet,
+        "feather": pd.read_feather,
+        "orc": pd.read_orc,
+        "stata": pd.read_stata,
+        "sas7bdat": lambda b: pd.read_sas(b, format="sas7bdat"),
+        "xport": lambda b: pd.read_sas(b, format="xport"),
+        "spss": None,
+    }
+    try:
+        if kind == "spss":  # pandas reads SPSS from a path only
+            return pd.read_spss(str(path))
+        return readers[kind](io.BytesIO(raw))
+    except Exception as exc:  # foreign readers raise their own error types
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise _data_error(path, f"as {kind}: {reason}") from exc
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read the user's table (CSV in its common dialects, JSON, Stata, SAS, parquet),
+    or refuse it in one line that says what the file is and what to do."""
+    path = Path(path)
+    if not os.path.lexists(path) or not path.exists():
+        raise _data_error(path, "no such file")
+    if path.is_dir():
+        raise _data_error(path, f"it is a directory; the data must be {TABLE_FORMATS}")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise _data_error(path, exc.strerror or str(exc)) from exc
+    raw, kind = _unpack(path, raw)
+    if kind in _REFUSED:
+        raise _data_error(path, f"{_REFUSED[kind]}; the data must be {TABLE_FORMATS}")
+    if kind in ("json", "jsonl"):
+        frame = _read_json(path, _decode(path, raw), lines=kind == "jsonl")
+    elif kind == "text":
+        frame = _read_text(path, raw)
+    else:
+        frame = _read_binary(path, raw, kind)
+    repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+    if repeated:
+        raise _data_error(
+            path,
+            f"column(s) {', '.join(map(repr, repeated))} appear more than once; "
+            "give every column its own name",
+        )
+    return frame
 
 
 def accept_choice_indices(simulator: Simulator, x: np.ndarray) -> np.ndarray:

@@ -10,9 +10,10 @@ import pandas as pd
 
 from sbi_plugins.comparison import compare
 from sbi_plugins.errors import PluginError, SbiPluginsError
+from sbi_plugins.outputs import OutputError, check_writable_dir, write_new
 from sbi_plugins.plot import save_shrinkage_plot
 from sbi_plugins.registry import get_simulator
-from sbi_plugins.report import REPORT_FILE, write_report
+from sbi_plugins.report import REPORT_FILE, render_report
 from sbi_plugins.runner import fit
 
 POOLINGS = {"pooled": "complete", "unpooled": "none", "hierarchical": "partial"}
@@ -24,7 +25,8 @@ DEMO_FILES = [f"{name}.nc" for name in POOLINGS] + [
 
 
 def check_output_dir(out_dir: Path) -> None:
-    """Refuse before any work if a file the demo writes is already there."""
+    """Refuse before any work if a file the demo writes is already there, or the
+    directory cannot take files."""
     if out_dir.exists() and not out_dir.is_dir():
         raise SbiPluginsError(f"{out_dir} exists and is not a directory")
     taken = [name for name in DEMO_FILES if (out_dir / name).exists()]
@@ -33,6 +35,20 @@ def check_output_dir(out_dir: Path) -> None:
             f"{out_dir} already holds {', '.join(taken)}; choose another --out "
             "directory (nothing was overwritten)"
         )
+    check_writable_dir(out_dir)
+
+
+def write_outputs(out_dir: Path, writers: dict[str, Callable[[Path], object]]) -> None:
+    """Write every file, none over one that appeared meanwhile; those kept under
+    another name are reported together at the end, so nothing is lost."""
+    kept = []
+    for name, write in writers.items():
+        try:
+            write_new(out_dir / name, write)
+        except OutputError as exc:
+            kept.append(str(exc))
+    if kept:
+        raise OutputError("; ".join(kept))
 
 
 def run_demo(
@@ -74,12 +90,16 @@ def run_demo(
             progress=progress,
         )
     table = compare(fits)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name, idata in fits.items():
-        idata.to_netcdf(str(out_dir / f"{name}.nc"))
-    table.to_csv(out_dir / "comparison.csv")
-    save_shrinkage_plot(fits, "lam", out_dir / "shrinkage.png")
-    write_report(fits, out_dir, title="sbi-plugins demo: the cookie factory")
+    writers: dict[str, Callable[[Path], object]] = {
+        f"{name}.nc": lambda tmp, idata=idata: idata.to_netcdf(str(tmp))
+        for name, idata in fits.items()
+    }
+    writers["comparison.csv"] = table.to_csv
+    writers["shrinkage.png"] = lambda tmp: save_shrinkage_plot(fits, "lam", tmp)
+    title = "sbi-plugins demo: the cookie factory"
+    html = render_report(fits, title=title)
+    writers[REPORT_FILE] = lambda tmp: tmp.write_text(html, encoding="utf-8")
+    write_outputs(out_dir, writers)
     with pd.option_context("display.width", 120, "display.max_columns", 20):
         echo("\nmodel comparison (PSIS-LOO, best first):")
         echo(table.to_string())

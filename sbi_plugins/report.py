@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -25,6 +24,7 @@ import pandas as pd
 from sbi_plugins import plot
 from sbi_plugins.comparison import compare, load_fit
 from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.outputs import check_writable_dir, write_new
 
 REPORT_FILE = "report.html"
 RHAT_MAX = 1.01
@@ -396,7 +396,8 @@ def write_report(
     title: str = "sbi-plugins report",
 ) -> Path:
     """Write `report.html` into `out_dir` (created if needed); an existing report is
-    never overwritten. Returns the path of the report."""
+    never overwritten, even one that appears while the report is rendered. Returns
+    the path of the report."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SbiPluginsError(
@@ -407,9 +408,6 @@ def write_report(
         raise SbiPluginsError(
             f"{path} exists; choose another --out directory (nothing was overwritten)"
         )
+    check_writable_dir(out_dir, path)
     text = render_report(fits, title=title)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_new(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

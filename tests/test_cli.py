@@ -253,3 +253,27 @@ def test_negative_cores_are_refused_before_sampling(capsys, csv, tmp_path):
         r"cores must be at least 1 \(or left out for one per core\), got -1",
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "name,content,pattern",
+    [
+        ("fit.nc", b"\x89HDF\r\n\x1a\n" + bytes(64), r"netCDF file \(a saved fit\?\)"),
+        ("empty.csv", b"", r"the file is empty"),
+        ("dup.csv", b"chips,chips,location\n1,2,a\n", r"'chips' appear more than"),
+        ("folder", None, r"it is a directory"),
+    ],
+)
+def test_unreadable_tables_are_one_line(capsys, tmp_path, name, content, pattern):
+    data = tmp_path / name
+    if content is None:
+        data.mkdir()
+    else:
+        data.write_bytes(content)
+    out = tmp_path / "f.nc"
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", data, "--group", "location", "--out", out, *QUICK],
+        rf"cannot read data file .*{pattern}",
+    )
+    assert not out.exists()
