@@ -12,8 +12,11 @@ import numpy as np
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
 from sbi_plugins.hierarchy import ParameterPlan
+from sbi_plugins.sampling import STAT_DTYPES
 
 OBS_DIM = "__obs__"
+
+DISCRETE_KINDS = ("count", "choice")
 
 
 def log_likelihood_name(simulator: Simulator) -> str:
@@ -31,6 +34,36 @@ def data_fingerprint(x: np.ndarray) -> str:
 def _coord(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     return values.astype(str) if values.dtype == object else values
+
+
+def observable_dtypes(
+    simulator: Simulator, values: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Counts and choices as integers, so that `az.plot_ppc` draws bars, not a
+    density of spikes; continuous values stay float. Values that are not all
+    whole numbers (a choice coded 0.5, a failed simulation's NaN) stay float."""
+    kinds = {o.name: o.kind for o in simulator.observables}
+    out = {}
+    for name, value in values.items():
+        value = np.asarray(value)
+        if (
+            kinds.get(name) in DISCRETE_KINDS
+            and value.dtype.kind == "f"
+            and np.isfinite(value).all()
+            and (value == np.round(value)).all()
+        ):
+            value = value.astype(np.int64)
+        out[name] = value
+    return out
+
+
+def sample_stats_dtypes(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Sampler statistics in the dtypes ArviZ expects: `az.plot_trace` and
+    `plot_pair(divergences=True)` index with `diverging`, so it must be bool."""
+    return {
+        k: np.asarray(v).astype(STAT_DTYPES[k]) if k in STAT_DTYPES else v
+        for k, v in stats.items()
+    }
 
 
 def build_inference_data(
@@ -55,7 +88,10 @@ def build_inference_data(
         plan.name: [group_dim] for plan in plans if plan.grouped
     }
     dims.update(extra_dims or {})
-    observed = {name: data.x[:, j] for j, name in enumerate(simulator.observable_names)}
+    observed = observable_dtypes(
+        simulator,
+        {name: data.x[:, j] for j, name in enumerate(simulator.observable_names)},
+    )
     for name in simulator.observable_names:
         dims[name] = [OBS_DIM]
     lik_name = log_likelihood_name(simulator)
@@ -76,13 +112,15 @@ def build_inference_data(
     }
     groups: dict[str, Any] = {
         "posterior": posterior,
-        "sample_stats": sample_stats,
+        "sample_stats": sample_stats_dtypes(sample_stats),
         "log_likelihood": {lik_name: log_likelihood},
         "observed_data": observed,
         "constant_data": constant,
     }
     if posterior_predictive is not None:
-        groups["posterior_predictive"] = posterior_predictive
+        groups["posterior_predictive"] = observable_dtypes(
+            simulator, posterior_predictive
+        )
     idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
     if posterior_predictive is not None and predictive_draw_index is not None:
         idata.posterior_predictive = idata.posterior_predictive.assign_coords(

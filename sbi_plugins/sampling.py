@@ -8,7 +8,6 @@ uses one torch thread, as PyTorch's DataLoader workers do.
 
 from __future__ import annotations
 
-import math
 import multiprocessing as mp
 import os
 import queue
@@ -38,7 +37,13 @@ class ChainResult:
 
 class RecordingNUTS(NUTS):
     """NUTS that records, per iteration, what ArviZ's sample_stats want: divergence,
-    log density, step size, leapfrog steps, tree depth and acceptance."""
+    energy, log density, step size, leapfrog steps, tree depth and acceptance.
+
+    Pyro keeps none of these per draw, and its trees do not carry the momentum of
+    the state they select, so the leapfrog steps of each transition are noted as
+    they are built (`_build_basetree`), and the selected state is found among them
+    by identity: Pyro caches the very dict its tree proposed.
+    """
 
     def __init__(
         self,
@@ -47,8 +52,12 @@ class RecordingNUTS(NUTS):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        self.records: list[dict[str, float]] = []
+        self.records: list[dict[str, float | int | bool]] = []
         self._own_potential = potential
+        self._depth = 0
+        self._start_momentum: dict[Any, torch.Tensor] | None = None
+        self._steps: dict[int, Any] = {}
+        self._doublings: list[Any] = []
 
     def _initialize_model_properties(self, model_args: Any, model_kwargs: Any) -> None:
         """Pyro's set-up (initial values, transforms), then the given potential,
@@ -57,39 +66,79 @@ class RecordingNUTS(NUTS):
         if self._own_potential is not None:
             self.potential_fn = self._own_potential
 
+    def _sample_r(self, name: str) -> tuple[dict, dict]:
+        """The momentum the transition starts from: the state kept when no
+        proposal is accepted."""
+        r, r_unscaled = super()._sample_r(name)
+        self._start_momentum = r_unscaled
+        return r, r_unscaled
+
+    def _build_basetree(self, *args: Any) -> Any:
+        """One leapfrog step; its position dict is the key Pyro's proposal keeps."""
+        tree = super()._build_basetree(*args)
+        self._steps[id(tree.z_proposal)] = tree
+        return tree
+
+    def _build_tree(self, *args: Any) -> Any:
+        """Pyro's recursion, with the top-level trees (one per doubling) noted."""
+        self._depth += 1
+        try:
+            tree = super()._build_tree(*args)
+        finally:
+            self._depth -= 1
+        if self._depth == 0:
+            self._doublings.append(tree)
+        return tree
+
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        potential = self.potential_fn
-        calls = 0
-
-        def counting(z: dict[str, torch.Tensor]) -> torch.Tensor:
-            nonlocal calls
-            calls += 1
-            return potential(z)
-
         step_size = self.step_size
-        divergences = len(self._divergences)
-        mean_accept = self._mean_accept_prob
-        self.potential_fn = counting
+        self._start_momentum = None
+        self._steps, self._doublings = {}, []
         try:
             z = super().sample(params)
+            self.records.append(self._record(step_size))
         finally:
-            self.potential_fn = potential
-        n = self._t - self._warmup_steps if self._t > self._warmup_steps else self._t
-        self.records.append(
-            {
-                "diverging": float(len(self._divergences) > divergences),
-                "lp": -float(self._potential_energy_last),
-                "step_size": float(step_size),
-                "n_steps": float(calls),
-                "tree_depth": float(math.floor(math.log2(calls)) + 1 if calls else 0),
-                "acceptance_rate": float(
-                    n * self._mean_accept_prob - (n - 1) * mean_accept
-                )
-                if n > 1
-                else float(self._mean_accept_prob),
-            }
-        )
+            self._steps, self._doublings = {}, []
         return z
+
+    def _record(self, step_size: float) -> dict[str, float | int | bool]:
+        """The transition's statistics, as Stan defines them: energy is the
+        Hamiltonian (potential + kinetic) of the selected state with its own
+        momentum; tree depth counts the doublings that were kept."""
+        potential = float(self._potential_energy_last)
+        selected = self._steps.get(id(self._z_last))
+        momentum = (
+            selected.r_right_unscaled if selected is not None else self._start_momentum
+        )
+        kinetic = float(self._kinetic_energy(momentum)) if momentum else 0.0
+        steps = list(self._steps.values())
+        last = self._doublings[-1] if self._doublings else None
+        stopped = last is not None and bool(last.diverging or last.turning)
+        return {
+            "diverging": last is not None and bool(last.diverging),
+            "energy": potential + kinetic,
+            "lp": -potential,
+            "step_size": float(step_size),
+            "n_steps": len(steps),
+            "tree_depth": len(self._doublings) - int(stopped),
+            "acceptance_rate": (
+                sum(float(t.sum_accept_probs) for t in steps) / len(steps)
+                if steps
+                else 1.0
+            ),
+        }
+
+
+STAT_DTYPES = {
+    "diverging": np.bool_,
+    "energy": np.float64,
+    "lp": np.float64,
+    "step_size": np.float64,
+    "n_steps": np.int64,
+    "tree_depth": np.int64,
+    "acceptance_rate": np.float64,
+}
+"""The dtypes ArviZ expects of sample_stats (bool divergences, integer steps)."""
 
 
 def chain_seeds(seed: int, chains: int) -> list[int]:
@@ -174,7 +223,9 @@ def _sample_chain(
     samples = {k: v.detach().cpu().numpy() for k, v in mcmc.get_samples().items()}
     records = kernel.records[job.tune :]
     stats = (
-        {k: np.array([r[k] for r in records]) for k in records[0]} if records else {}
+        {k: np.array([r[k] for r in records], dtype=STAT_DTYPES[k]) for k in records[0]}
+        if records
+        else {}
     )
     return ChainResult(samples, stats)
 
