@@ -9,7 +9,8 @@ Three sections of checks, each `pass`, `warn`, `fail` or `skip`:
 - estimator: the resolved estimator (`--estimator FILE`, else the one the plugin
   ships, else the cached one) was trained for this simulator (name, version,
   parameters, domain, observables); its log-likelihood of fresh simulations is as
-  good as in training; where an exact likelihood exists, its error against it;
+  good as in training (both in the network's space, after any shift or scale);
+  where an exact likelihood exists, its error against it;
 - calibration: simulation-based calibration (SBC) of the non-hierarchical model:
   data sets drawn from the pooled prior, each fitted with NUTS, and the ranks of
   the true parameters among the posterior draws tested for uniformity.
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from sbi_plugins import reduction
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import DomainWarning, EstimatorError, PluginError
 from sbi_plugins.registry import get_registry
@@ -514,19 +516,42 @@ def fresh_simulations(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Draws from the training prior and one trial each, keeping the rows a fit
-    could score (finite, in the declared support and the support seen in training);
-    also returns how many were dropped."""
+    could score (see `scorable_rows`); also returns how many were dropped."""
     theta = simulator.sample_training_prior(n, rng)
     x = np.asarray(simulator.simulate(theta, rng), dtype=float)
+    keep = scorable_rows(simulator, estimator, theta, x)
+    return theta[keep], x[keep], int((~keep).sum())
+
+
+def scorable_rows(
+    simulator: Simulator,
+    estimator: TrainedEstimator,
+    theta: np.ndarray,
+    x: np.ndarray,
+) -> np.ndarray:
+    """Rows (under their row-aligned `theta`) that the learned likelihood gives a
+    finite value: finite, in the declared support and the support seen in training,
+    and with a positive excess over every shift parameter. Training dropped the
+    simulations without one (time-step artefacts), so the training figure and the
+    calibration data leave them out alike."""
     keep = np.isfinite(x).all(axis=1) & ~outside_support(simulator, x).any(axis=1)
     keep &= inside_training_support(simulator, estimator, x)
-    return theta[keep], x[keep], int((~keep).sum())
+    config = estimator.metadata.get("network", {})
+    if config.get("shift") and keep.any():
+        _, valid, _ = reduction.transform_values(
+            config,
+            torch.as_tensor(theta[keep], dtype=torch.float64),
+            torch.as_tensor(x[keep], dtype=torch.float64),
+        )
+        keep[np.flatnonzero(keep)[~valid.numpy()]] = False
+    return keep
 
 
 def inside_training_support(
     simulator: Simulator, estimator: TrainedEstimator, x: np.ndarray
 ) -> np.ndarray:
-    """Rows inside the range of every observable the estimator saw in training."""
+    """Rows inside the range of every observable the estimator saw in training
+    (recorded on the data's own scale, before any shift or scale)."""
     keep = np.ones(len(x), dtype=bool)
     for j, obs in enumerate(simulator.observables):
         if obs.kind == "choice":
@@ -534,6 +559,28 @@ def inside_training_support(
         low, high = estimator.support[obs.name]
         keep &= (x[:, j] >= low) & (x[:, j] <= high)
     return keep
+
+
+def network_space(simulator: Simulator, config: dict[str, Any]) -> str:
+    """How the network sees each shifted or scaled observable, e.g. `(rt - t) / a^2`;
+    empty when it sees the data as they are."""
+    names = simulator.parameter_names
+
+    def factor(k: float, power: float) -> str:
+        return names[int(k)] + ("" if power == 1 else f"^{power:g}")
+
+    parts = []
+    for j, obs in enumerate(simulator.observables):
+        shift = [names[k] for c, k in config.get("shift", []) if c == j]
+        scale = [product for c, product in config.get("scale", []) if c == j]
+        if not shift and not scale:
+            continue
+        text = f"({obs.name} - {shift[0]})" if shift else obs.name
+        for product in scale:
+            divisor = " * ".join(factor(k, p) for k, p in product)
+            text += f" / ({divisor})" if len(product) > 1 else f" / {divisor}"
+        parts.append(text)
+    return ", ".join(parts)
 
 
 def check_estimator_quality(
@@ -546,7 +593,20 @@ def check_estimator_quality(
     seed: int,
 ) -> None:
     """Held-out log-likelihood against the training validation loss and, where an
-    exact likelihood exists, the learned log-density's error against it."""
+    exact likelihood exists, the learned log-density's error against it.
+
+    The held-out figure is compared in the network's own space. An estimator with
+    a shift or scale (the DDM's `(rt - t) / a**2`) was trained, and its validation
+    loss measured, on the transformed values; on the data's scale every row's
+    log-density differs from the network's by that row's log-Jacobian (`-2 log a`),
+    which says nothing about the estimator's quality. Subtracting it row by row
+    gives exactly the quantity training averaged, on fresh draws from the same
+    prior, so any gap is the network's. Adding the Jacobian to the training figure
+    instead would need the validation draws' parameters, which are not stored, and
+    an estimate of their mean Jacobian would add noise of its own. The data-scale
+    figure is still reported; the exact-likelihood comparison below stays on the
+    data's scale, where both densities live.
+    """
     from sbi_plugins.likelihoods import Likelihood
 
     section = "estimator"
@@ -570,15 +630,32 @@ def check_estimator_quality(
             "inside the training domain; retrain",
         )
         return
-    mean = float(learned.mean())
-    sd = float(learned.std(ddof=1))
-    se = sd / math.sqrt(len(learned))
+    config = estimator.metadata.get("network", {})
+    _, _, log_jacobian = reduction.transform_values(config, t, xt)
+    network = learned - log_jacobian.double().numpy()
+    space = network_space(simulator, config)
+    mean = float(network.mean())
+    sd = float(network.std(ddof=1))
+    se = sd / math.sqrt(len(network))
     training = estimator.metadata.get("training", {})
+    where = ""
+    if space:
+        where = (
+            f" in the network's space ({space}; {float(learned.mean()):.3f} on the "
+            "data's scale)"
+        )
     message = (
-        f"mean log-prob per trial {mean:.3f} ± {se:.3f} on {len(x)} fresh "
+        f"mean log-prob per trial {mean:.3f} ± {se:.3f}{where} on {len(x)} fresh "
         f"simulations ({dropped} outside the training support left out)"
     )
-    values: dict[str, Any] = {"mean": mean, "se": se, "n": len(x), "dropped": dropped}
+    values: dict[str, Any] = {
+        "mean": mean,
+        "se": se,
+        "n": len(x),
+        "dropped": dropped,
+        "data_scale_mean": float(learned.mean()),
+        "network_space": space,
+    }
     status = PASS
     if "best_validation_loss" in training:
         expected = -float(training["best_validation_loss"])
@@ -675,8 +752,9 @@ def draw_sbc_datasets(
     seed: int,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """True parameters from the pooled prior (the prior a pooled fit uses) and a
-    data set each; a data set a fit would refuse (NaN, outside the support seen in
-    training) is redrawn, and counted."""
+    data set each; a data set with a row its true parameters cannot score (NaN,
+    outside the support seen in training, no positive excess over a shift
+    parameter) is redrawn, and counted: a fit would refuse it or could not start."""
     from sbi_plugins.distributions import TruncatedToBox
     from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
 
@@ -695,11 +773,9 @@ def draw_sbc_datasets(
         for _ in range(50):
             theta = torch.stack([p.sample((n,)) for p in priors], dim=-1).double()
             theta = theta.numpy()
-            x = np.asarray(simulator.simulate(np.repeat(theta, k, axis=0), rng), float)
-            rows = np.isfinite(x).all(axis=1) & ~outside_support(simulator, x).any(
-                axis=1
-            )
-            rows &= inside_training_support(simulator, estimator, x)
+            rows_theta = np.repeat(theta, k, axis=0)
+            x = np.asarray(simulator.simulate(rows_theta, rng), float)
+            rows = scorable_rows(simulator, estimator, rows_theta, x)
             good = rows.reshape(n, k).all(axis=1)
             redrawn += int((~good).sum())
             thetas.extend(theta[good])

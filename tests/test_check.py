@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -288,6 +291,117 @@ def test_a_refused_shipped_file_fails_the_check(registry, signal, tmp_path):
     )
 
 
+# -- estimators trained on shifted and scaled observables ----------------------------
+
+
+def delay_simulate(theta, rng):
+    """y = t + s**2 * Gamma(2): `(y - t) / s**2` is the same Gamma(2) for every
+    (t, s), as the DDM's `(rt - t) / a**2` depends on neither t nor a."""
+    return (theta[:, 0] + theta[:, 1] ** 2 * rng.gamma(2.0, size=len(theta)))[:, None]
+
+
+DELAY = Simulator(
+    name="delay",
+    version="1",
+    parameters=(Parameter("t", 0.1, 1.0), Parameter("s", 1.0, 2.0)),
+    # on the data's scale every row's density is the network's times s**-2: a
+    # mean log-Jacobian of -2 E[log s] = -0.77 nats, far beyond the held-out margin
+    observables=(Observable("y", "continuous", 0.0, shift="t", scale={"s": 2}),),
+    simulate=delay_simulate,
+)
+
+
+@pytest.fixture(scope="module")
+def delay_estimator():
+    from sbi_plugins.estimators import train
+
+    return train(
+        DELAY,
+        num_simulations=2000,
+        seed=1,
+        progress=False,
+        hidden_features=16,
+        max_num_epochs=12,
+        training_batch_size=256,
+    )
+
+
+def heldout(report: CheckReport):
+    return next(c for c in report.checks if c.name == "held-out log-likelihood")
+
+
+def test_heldout_compares_a_scaled_estimator_in_the_networks_space(delay_estimator):
+    report = check_simulator(DELAY, estimator=delay_estimator, sbc=None)
+    check = heldout(report)
+    assert report.ok and check.status == PASS, report.format()
+    assert "in the network's space ((y - t) / s^2;" in check.message
+    values = check.values
+    assert abs(values["mean"] - values["training_value"]) < values["margin"]
+    # the data-scale figure is off by the Jacobian: comparing it with the training
+    # figure (what the check did before) would have failed this good estimator
+    gap = values["mean"] - values["data_scale_mean"]
+    assert gap == pytest.approx(2 * (2 * np.log(2) - 1), abs=0.05)
+    assert values["training_value"] - values["data_scale_mean"] > values["margin"]
+
+
+def _wider_delay(theta, rng):  # simulate changed, version not bumped
+    return (theta[:, 0] + theta[:, 1] ** 2 * rng.gamma(5.0, size=len(theta)))[:, None]
+
+
+def _narrower_delay(theta, rng):  # the same mean excess as DELAY, a third the sd
+    excess = rng.gamma(20.0, 0.1, size=len(theta))
+    return (theta[:, 0] + theta[:, 1] ** 2 * excess)[:, None]
+
+
+@pytest.mark.parametrize("fault", ["changed simulator", "another model's estimator"])
+def test_heldout_fails_a_wrong_estimator_of_a_scaled_observable(delay_estimator, fault):
+    """The data wider than what the estimator learned, either because the simulator
+    changed or because the estimator is another model's (same name and version):
+    the held-out check only catches data the estimator explains worse than its
+    training data, which is what a stale estimator does."""
+    from sbi_plugins.estimators import train
+
+    simulator, estimator = DELAY, delay_estimator
+    if fault == "changed simulator":
+        simulator = dataclasses.replace(DELAY, simulate=_wider_delay)
+    else:
+        narrower = dataclasses.replace(DELAY, simulate=_narrower_delay)
+        estimator = train(
+            narrower,
+            num_simulations=4000,
+            seed=2,
+            progress=False,
+            hidden_features=16,
+            max_num_epochs=4,
+            training_batch_size=256,
+        )
+    check = heldout(check_simulator(simulator, estimator=estimator, sbc=None))
+    assert check.status == FAIL, check.message
+    assert "Bump the simulator's version" in check.message
+
+
+def _time_step_artefacts(theta, rng):
+    """Like the DDM's compiled simulator, now and then a value exactly at its shift
+    parameter: no positive excess, so the likelihood gives it probability zero."""
+    x = delay_simulate(theta, rng)
+    at_shift = rng.uniform(size=len(x)) < 0.05
+    x[at_shift, 0] = theta[at_shift, 0]
+    return x
+
+
+def test_sbc_data_sets_have_a_positive_excess_over_their_shift(delay_estimator):
+    from sbi_plugins.check import draw_sbc_datasets
+
+    simulator = dataclasses.replace(DELAY, simulate=_time_step_artefacts)
+    settings = SbcSettings(datasets=12, trials=10)
+    truth, x, redrawn = draw_sbc_datasets(simulator, delay_estimator, settings, 0)
+    assert x.shape == (12, 10, 1) and redrawn > 0
+    # every row of every data set has a finite likelihood under its true parameters
+    assert (x[:, :, 0] > truth[:, None, 0]).all()
+    low, high = delay_estimator.support["y"]
+    assert ((x >= low) & (x <= high)).all()
+
+
 # -- calibration ---------------------------------------------------------------------
 
 
@@ -315,6 +429,36 @@ def test_sbc_catches_a_likelihood_of_another_model(signal):
     # posteriors sit about 1.5 above the truth: the true values rank near the bottom
     assert mu.values["mean_rank"] < 0.2 and mu.values["ks_p"] < 0.0025
     assert "true values sit below most posterior draws" in mu.message
+
+
+# -- the built-in plugins, end to end ------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["cookie", "ddm"])
+def test_the_builtin_plugins_pass_their_own_check(name):
+    """`sbi-plugins check` with its defaults, as a plugin author runs it, passes on
+    the shipped estimators. The defaults are short enough to keep (about 30 s for
+    cookie, 2 min for ddm on 2 cores), and a reduced SBC would test less: 30 data
+    sets are what gives the uniformity tests their power. DDM's shifted, scaled
+    `rt` is the case whose held-out figure used to be compared across spaces."""
+    cli = Path(sys.executable).parent / "sbi-plugins"
+    started = time.perf_counter()
+    result = subprocess.run(
+        [str(cli), "check", name, "--json", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    seconds = time.perf_counter() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["ok"] and report["failed"] == []
+    got = {f"{c['section']}/{c['name']}": c for c in report["checks"]}
+    assert all(c["status"] != SKIP for c in got.values()), "nothing skipped"
+    assert got["estimator/held-out log-likelihood"]["status"] == PASS
+    assert got["calibration/sampler"]["values"]["datasets"] == 30
+    print(f"sbi-plugins check {name}: {seconds:.0f} s")
 
 
 # -- the command line ----------------------------------------------------------------
