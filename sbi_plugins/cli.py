@@ -41,6 +41,25 @@ def parse_pooling(text: str) -> str | dict[str, str]:
     return spec
 
 
+def parse_p_outlier(text: str | None) -> float | bool | None:
+    """`--p-outlier 0.05` fixes the lapse share; `--p-outlier estimate` gives it a
+    prior and samples it."""
+    if text is None:
+        return None
+    if text.strip().lower() in ("estimate", "true", "prior"):
+        return True
+    try:
+        share = float(text)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share < 1:
+        raise CliError(
+            f"cannot read --p-outlier {text!r}: give a share in (0, 1) such as 0.05, "
+            "or 'estimate' to sample it"
+        )
+    return share
+
+
 def _refuse_existing(path: Path) -> None:
     """Before any work: an output that exists or cannot be written is refused."""
     from sbi_plugins.outputs import check_new_file
@@ -148,6 +167,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         cores=args.cores,
         progress=not args.no_progress,
         compile=args.compile,
+        p_outlier=parse_p_outlier(args.p_outlier),
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -309,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="compile the model's potential with torch.compile (default: when "
         "chains x (draws + tune) >= 4000 and the data have >= 500 rows)",
+    )
+    p.add_argument(
+        "--p-outlier",
+        metavar="SHARE",
+        help="a lapse component for fast guesses and lapses, as HSSM's p_outlier: "
+        "a share such as 0.05, or 'estimate' to sample it (Beta(2, 38) prior)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)

@@ -141,6 +141,42 @@ class TruncatedToBox(dist.TorchDistribution):
         return TruncatedToBox(self.base.expand(batch_shape), self.low, self.high)
 
 
+class SampledBelow(dist.TorchDistribution):
+    """`base`'s density, sampled only on [base's lower bound, `ceiling`].
+
+    For a shift parameter without lapses: a group's likelihood is exactly zero once
+    its `t` reaches the group's fastest RT, so the posterior holds no mass above
+    that ceiling. Narrowing the support (and so the sigmoid transform NUTS samples
+    through) changes no density and no posterior; it only moves that wall of zero
+    likelihood to the end of the unconstrained line, where NUTS never meets it
+    (no rejected trajectories, no divergences, no step size shrunk to pass it).
+    """
+
+    arg_constraints: dict = {}
+    has_rsample = False
+
+    def __init__(self, base: TruncatedToBox, ceiling: torch.Tensor):
+        self.base = base
+        self.ceiling = torch.minimum(ceiling.to(base.high.dtype), base.high)
+        shape = torch.broadcast_shapes(base.batch_shape, self.ceiling.shape)
+        super().__init__(shape, base.event_shape, validate_args=False)
+
+    @constraints.dependent_property(is_discrete=False, event_dim=0)
+    def support(self):
+        return constraints.interval(self.base.low, self.ceiling)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        lp = self.base.log_prob(value)
+        return torch.where(value <= self.ceiling, lp, torch.full_like(lp, -math.inf))
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        """The base's draws (prior draws only, never inside NUTS)."""
+        return self.base.sample(self._extended_shape(sample_shape))
+
+    def expand(self, batch_shape, _instance=None):
+        return SampledBelow(self.base, self.ceiling.expand(batch_shape))
+
+
 class _PyroWrapped(dist.TorchDistribution):
     """A plain torch distribution, made callable for `pyro.sample`."""
 

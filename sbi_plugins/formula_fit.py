@@ -30,9 +30,11 @@ from sbi_plugins.formulas import (
 )
 from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
 from sbi_plugins.idata import build_inference_data, log_likelihood_name
+from sbi_plugins.lapse import Lapse, share_draws
 from sbi_plugins.likelihoods import Likelihood
 from sbi_plugins.precondition import laplace_start
 from sbi_plugins.sampling import run_nuts
+from sbi_plugins.starts import StartProblem, chain_starts, shift_ceilings
 from sbi_plugins.versions import package_versions
 
 
@@ -71,6 +73,7 @@ def fit_formula_model(
     sampler: dict[str, Any],
     seed: int,
     posterior_predictive: bool | int,
+    lapse: Lapse | None = None,
 ) -> az.InferenceData:
     """Sample the formula model and assemble its InferenceData."""
     from sbi_plugins.predictive import predictive_draws, simulate_predictive
@@ -83,9 +86,31 @@ def fit_formula_model(
         "likelihood": lik,
         "site": site,
     }
-    model = FormulaModel(plan)
-    start = laplace_start(model, model_kwargs, sampler["chains"], seed)
-    starts, inverse_mass = start if start is not None else (None, None)
+    model = FormulaModel(plan, lapse)
+    ceilings = shift_ceilings(
+        simulator,
+        prepared.x,
+        np.zeros(len(prepared.x), dtype=np.int64),
+        1,
+        lapses=lapse is not None,
+    )
+    start = model.start({k: float(v[0]) for k, v in ceilings.items()})
+    problem = StartProblem(
+        lik,
+        lambda values: torch.as_tensor(
+            cell_parameter_draws({k: v.numpy() for k, v in values.items()}, plan)
+        ),
+        plan.cell_index,
+        prepared.x,
+        prepared.row_labels,
+        np.array([f"of row {prepared.row_labels[r]}" for r in plan.cell_rows]),
+        "the cells",
+    )
+    starts = chain_starts(model, model_kwargs, start, sampler["chains"], seed, problem)
+    mode = laplace_start(model, model_kwargs, sampler["chains"], seed, init=start)
+    inverse_mass = None
+    if mode is not None:
+        starts, inverse_mass = mode
     results = run_nuts(
         model,
         model_kwargs,
@@ -96,6 +121,7 @@ def fit_formula_model(
     )
     raw = _stack([r.samples for r in results])
     theta = cell_parameter_draws(raw, plan)
+    share = share_draws(lapse, raw, theta.shape[:2])
     cells = dataclasses.replace(prepared, group_index=plan.cell_index)
     chains, draws = theta.shape[:2]
     selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
@@ -117,11 +143,12 @@ def fit_formula_model(
         "pooling": json.dumps({f.name: "formula" for f in plan.formulas}),
         "priors": json.dumps(describe_priors(plan)),
         "domain_warnings": json.dumps(edge_warnings),
+        "p_outlier": "" if lapse is None else lapse.describe(),
     }
     return build_inference_data(
         posterior=posterior,
         sample_stats=_stack([r.stats for r in results]),
-        log_likelihood=pointwise_log_likelihood(lik, theta, cells),
+        log_likelihood=pointwise_log_likelihood(lik, theta, cells, lapse, share),
         posterior_predictive=simulate_predictive(
             simulator,
             theta,
@@ -130,6 +157,8 @@ def fit_formula_model(
             selected,
             workers=sampler["cores"],
             progress=sampler["progress"],
+            lapse=lapse,
+            share=share,
         ),
         predictive_draw_index=selected,
         data=prepared,

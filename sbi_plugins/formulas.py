@@ -20,8 +20,6 @@ the group index.
 
 from __future__ import annotations
 
-import contextlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -34,6 +32,10 @@ import torch
 
 from sbi_plugins.contract import Parameter, PopulationPrior, Simulator
 from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.hierarchy import typical_value
+from sbi_plugins.lapse import SITE as LAPSE_SITE
+from sbi_plugins.lapse import Lapse, with_lapses
+from sbi_plugins.starts import start_value
 
 INTERCEPT_SCALE = 1.5
 """Prior sd of an intercept on the link scale: a 94% interval covers ~90% of the box."""
@@ -179,16 +181,9 @@ def pooling_formula(name: str, mode: str, group: str | None) -> str:
 
 
 def _intercept_center(parameter: Parameter, prior: PopulationPrior | None) -> float:
-    """The link-scale value of the plugin's typical parameter value (the mean of its
-    population `mu` hyperprior), else of the box's midpoint."""
-    center = 0.5 * (parameter.lower + parameter.upper)
-    if prior is not None and "mu" in prior.hyperpriors:
-        with contextlib.suppress(NotImplementedError, TypeError, ValueError):
-            center = float(prior.hyperpriors["mu"].mean)
-    fraction = (center - parameter.lower) / parameter.width
-    if not math.isfinite(fraction):
-        fraction = 0.5
-    return float(inverse_link(min(max(fraction, 0.05), 0.95), 0.0, 1.0))
+    """The link-scale value of the plugin's typical parameter value."""
+    fraction = (typical_value(parameter, prior) - parameter.lower) / parameter.width
+    return float(inverse_link(fraction, 0.0, 1.0))
 
 
 def _check_columns(rhs: str, name: str, frame: pd.DataFrame) -> None:
@@ -294,6 +289,7 @@ class FormulaPlan:
     formulas: list[ParameterFormula]
     cell_index: np.ndarray  # (rows,) -> cell
     cell_rows: np.ndarray  # (cells,) a representative row of each cell
+    priors: dict[str, PopulationPrior] = field(default_factory=dict)
 
     @property
     def num_cells(self) -> int:
@@ -323,15 +319,16 @@ def plan_formulas(
     _, cell_rows, cell_index = np.unique(
         design, axis=0, return_index=True, return_inverse=True
     )
-    return FormulaPlan(specs, cell_index.reshape(-1), cell_rows)
+    return FormulaPlan(specs, cell_index.reshape(-1), cell_rows, priors)
 
 
 class FormulaModel:
     """The Pyro model: coefficients, link-scale linear predictors per cell, the box
     link, then every data row scored at its cell's parameters."""
 
-    def __init__(self, plan: FormulaPlan):
+    def __init__(self, plan: FormulaPlan, lapse: Lapse | None = None):
         self.plan = plan
+        self.lapse = lapse
         rows = plan.cell_rows
         self._terms = []
         for spec in plan.formulas:
@@ -389,8 +386,43 @@ class FormulaModel:
 
     def __call__(self, x, cell_index, likelihood, site) -> None:
         theta = self.cell_parameters()
+        rows = with_lapses(likelihood.rows(theta, cell_index), self.lapse)
         with pyro.plate("__obs__", x.shape[0], dim=-1):
-            pyro.sample(site, likelihood.rows(theta, cell_index), obs=x)
+            pyro.sample(site, rows, obs=x)
+
+    def start(self, ceilings: Mapping[str, float]) -> dict[str, torch.Tensor]:
+        """Constrained starting values (see `sbi_plugins.starts`): every cell at the
+        parameter's typical value, a shift parameter below its ceiling (the least
+        over all rows), group terms at small spreads with zero offsets."""
+        values: dict[str, torch.Tensor] = {}
+        for spec in self.plan.formulas:
+            p = spec.parameter
+            target = start_value(
+                typical_value(p, self.plan.priors.get(p.name)),
+                p.lower,
+                p.upper,
+                float(ceilings.get(p.name, np.inf)),
+            )
+            eta = float(inverse_link(target, p.lower, p.upper))
+            if spec.common:
+                design = np.concatenate(
+                    [t.columns[self.plan.cell_rows] for t in spec.common], axis=1
+                )
+                beta = np.linalg.lstsq(design, np.full(len(design), eta), rcond=None)[0]
+                sizes = np.cumsum([t.size for t in spec.common])[:-1]
+                for t, part in zip(spec.common, np.split(beta, sizes), strict=True):
+                    values[spec.var(t.name)] = torch.as_tensor(part).double()
+            for t in spec.group:
+                name = spec.var(t.name)
+                values[f"{name}_sigma"] = torch.full(
+                    (t.shape[1],), 0.1 * SIGMA_SCALE, dtype=torch.float64
+                )
+                values[f"{name}_offset"] = torch.zeros(t.shape, dtype=torch.float64)
+        if self.lapse is not None and self.lapse.prior is not None:
+            values[LAPSE_SITE] = torch.tensor(
+                float(self.lapse.prior.mean), dtype=torch.float64
+            )
+        return values
 
 
 def cell_parameter_draws(
@@ -426,6 +458,8 @@ def named_posterior(
     out: dict[str, np.ndarray] = {}
     dims: dict[str, list[str]] = {}
     coords: dict[str, list[str]] = {}
+    if LAPSE_SITE in posterior:
+        out[LAPSE_SITE] = posterior[LAPSE_SITE]
     for spec in plan.formulas:
         for t in spec.common:
             name = spec.var(t.name)

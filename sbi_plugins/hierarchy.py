@@ -12,18 +12,24 @@ samples it through the interval's sigmoid transform.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyro
 import torch
 
 from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
-from sbi_plugins.distributions import TruncatedToBox, as_pyro
+from sbi_plugins.distributions import SampledBelow, TruncatedToBox, as_pyro
 from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.lapse import SITE as LAPSE_SITE
+from sbi_plugins.lapse import Lapse, with_lapses
 from sbi_plugins.registry import get_registry
+from sbi_plugins.starts import start_value
 
 if TYPE_CHECKING:
     from sbi_plugins.likelihoods import Likelihood
@@ -128,6 +134,19 @@ def plan_parameters(
     return plans
 
 
+def typical_value(parameter: Parameter, prior: PopulationPrior | None) -> float:
+    """The plugin's typical value of a parameter (the mean of its population `mu`
+    hyperprior), else the box's midpoint; kept 5% of the width inside the box."""
+    center = 0.5 * (parameter.lower + parameter.upper)
+    if prior is not None and "mu" in prior.hyperpriors:
+        with contextlib.suppress(NotImplementedError, TypeError, ValueError):
+            center = float(prior.hyperpriors["mu"].mean)
+    if not math.isfinite(center):
+        center = 0.5 * (parameter.lower + parameter.upper)
+    margin = 0.05 * parameter.width
+    return min(max(center, parameter.lower + margin), parameter.upper - margin)
+
+
 def describe_plans(plans: list[ParameterPlan]) -> str:
     """JSON of pooling and priors, for InferenceData attrs."""
     return json.dumps(
@@ -139,10 +158,24 @@ class HierarchicalModel:
     """The Pyro model: group-level parameters in plates, then the likelihood over
     data rows in a plate of its own."""
 
-    def __init__(self, plans: list[ParameterPlan], num_groups: int, group_dim: str):
+    def __init__(
+        self,
+        plans: list[ParameterPlan],
+        num_groups: int,
+        group_dim: str,
+        lapse: Lapse | None = None,
+        ceilings: Mapping[str, np.ndarray] | None = None,
+    ):
         self.plans = plans
         self.num_groups = num_groups
         self.group_dim = group_dim
+        self.lapse = lapse
+        self.ceilings = {
+            k: torch.as_tensor(v, dtype=torch.float64)
+            for k, v in (ceilings or {}).items()
+        }
+        """Per shift parameter, each group's fastest observation: the posterior has
+        no mass above it (see `SampledBelow`); not used with lapses."""
 
     def truncated(
         self, plan: ParameterPlan, base: torch.distributions.Distribution
@@ -152,6 +185,15 @@ class HierarchicalModel:
         low = torch.tensor(p.lower, dtype=torch.float64)
         return TruncatedToBox(base, low, torch.tensor(p.upper, dtype=torch.float64))
 
+    def _below_ceiling(
+        self, plan: ParameterPlan, prior: TruncatedToBox
+    ) -> TruncatedToBox | SampledBelow:
+        """The prior, sampled only below the data's ceiling where it has one."""
+        ceiling = self.ceilings.get(plan.name)
+        if ceiling is None:
+            return prior
+        return SampledBelow(prior, ceiling if plan.grouped else ceiling.min())
+
     def _sample_plan(self, plan: ParameterPlan, groups: pyro.plate) -> torch.Tensor:
         if plan.pooling == "partial":
             hyper = {
@@ -160,8 +202,10 @@ class HierarchicalModel:
             }
             population = self.truncated(plan, plan.family.build(**hyper))
             with groups:
-                return pyro.sample(plan.name, population)
-        prior = self.truncated(plan, plan.prior.hyperpriors["mu"])
+                return pyro.sample(plan.name, self._below_ceiling(plan, population))
+        prior = self._below_ceiling(
+            plan, self.truncated(plan, plan.prior.hyperpriors["mu"])
+        )
         if plan.pooling == "none":
             with groups:
                 return pyro.sample(plan.name, prior)
@@ -182,5 +226,48 @@ class HierarchicalModel:
         site: str,
     ) -> None:
         theta = self.group_parameters()
+        rows = with_lapses(likelihood.rows(theta, group_index), self.lapse)
         with pyro.plate("__obs__", x.shape[0], dim=-1):
-            pyro.sample(site, likelihood.rows(theta, group_index), obs=x)
+            pyro.sample(site, rows, obs=x)
+
+    def start(self, ceilings: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Constrained starting values of every site (see `sbi_plugins.starts`):
+        typical values, shift parameters below their groups' ceilings, population
+        means and spreads from the group values."""
+        values: dict[str, torch.Tensor] = {}
+        for plan in self.plans:
+            p = plan.parameter
+            center = typical_value(p, plan.prior)
+            ceiling = np.asarray(ceilings.get(p.name, np.inf), dtype=float)
+            if plan.grouped:
+                ceiling = np.broadcast_to(ceiling, (self.num_groups,))
+                group = [start_value(center, p.lower, p.upper, c) for c in ceiling]
+            else:
+                group = [start_value(center, p.lower, p.upper, ceiling.min())]
+            values[plan.name] = torch.tensor(
+                group if plan.grouped else group[0], dtype=torch.float64
+            )
+            for h in plan.family.hyperparameters if plan.pooling == "partial" else ():
+                guess = {
+                    "mu": float(np.mean(group)),
+                    "sigma": max(float(np.std(group)), 0.1 * p.width),
+                }.get(h)
+                hyperprior = plan.prior.hyperpriors[h]
+                value = None if guess is None else torch.tensor(guess).double()
+                if value is None or not bool(hyperprior.support.check(value)):
+                    value = _median(hyperprior)
+                values[f"{plan.name}_{h}"] = value
+        if self.lapse is not None and self.lapse.prior is not None:
+            values[LAPSE_SITE] = _median(self.lapse.prior)
+        return values
+
+
+def _median(distribution: torch.distributions.Distribution) -> torch.Tensor:
+    """A robust central value of any distribution: the median of 1001 draws."""
+    generator_state = torch.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        draws = distribution.sample((1001,))
+    finally:
+        torch.set_rng_state(generator_state)
+    return draws.median(0).values.double()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -214,7 +215,7 @@ class Likelihood:
         self.low = torch.tensor(simulator.lower, dtype=torch.float64)
         self.high = torch.tensor(simulator.upper, dtype=torch.float64)
         self.event_shape = torch.Size([len(simulator.observables)])
-        self._checked: set[tuple] = set()
+        self._checked: dict[int, tuple[weakref.ref, int]] = {}
         self._network = {} if self.exact else estimator.metadata["network"]
         self._grouped = None if self.exact else self._choose_grouped_path()
 
@@ -289,12 +290,17 @@ class Likelihood:
         return GroupedRows(self, theta, group_index)
 
     def _check(self, x: torch.Tensor) -> None:
-        key = (x.data_ptr(), tuple(x.shape), x._version)
-        if key in self._checked:
+        """Check observations once per tensor (NUTS scores the same data thousands
+        of times). Remembered by a weak reference to the very tensor and its
+        version counter: a freed tensor's address or id, reused by new data, can
+        never match, and an in-place change is checked again."""
+        seen = self._checked.get(id(x))
+        if seen is not None and seen[0]() is x and seen[1] == x._version:
             return
         flat = x.detach().reshape(-1, x.shape[-1]).cpu().numpy()
         check_observations(self.simulator, self.estimator, flat)
-        self._checked.add(key)
+        self._checked = {k: v for k, v in self._checked.items() if v[0]() is not None}
+        self._checked[id(x)] = (weakref.ref(x), x._version)
 
     def _sample(self, theta: torch.Tensor, sample_shape: torch.Size) -> torch.Tensor:
         """Draws come from the simulator itself, not from the network."""

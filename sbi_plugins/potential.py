@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pyro
 import pyro.util
 import torch
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 from torch import Tensor
@@ -30,6 +31,8 @@ from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
 from sbi_plugins.distributions import as_pyro
+from sbi_plugins.lapse import SITE as LAPSE_SITE
+from sbi_plugins.lapse import mix
 
 if TYPE_CHECKING:
     from sbi_plugins.hierarchy import HierarchicalModel
@@ -71,6 +74,12 @@ class HierarchicalPotential:
             for plan in model.plans
             if plan.pooling != "partial"
         }
+        lapse = model.lapse
+        self.share_prior = (
+            None
+            if lapse is None or lapse.prior is None
+            else as_pyro(_unchecked(lapse.prior))
+        )
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
         values = {k: self.transforms[k].inv(v) for k, v in params.items()}
@@ -103,8 +112,16 @@ class HierarchicalPotential:
                 value = value.expand(self.model.num_groups)
             columns.append(value)
         theta = torch.stack(columns, dim=-1)
-        rows = self.likelihood.rows(theta, self.group_index)
-        return total + rows.log_prob(self.x).sum()
+        rows = self.likelihood.rows(theta, self.group_index).log_prob(self.x)
+        lapse = self.model.lapse
+        if lapse is not None:
+            if lapse.prior is None:
+                share = torch.tensor(lapse.fixed, dtype=rows.dtype)
+            else:
+                share = values[LAPSE_SITE]
+                total = total + self.share_prior.log_prob(share).sum()
+            rows = mix(rows, lapse.distribution.log_density, share)
+        return total + rows.sum()
 
 
 MIN_COMPILED_ITERATIONS = 4000
@@ -131,19 +148,25 @@ def worth_compiling(
 
 
 def compiled_potential(
-    model: HierarchicalModel, model_kwargs: Mapping[str, Any]
+    model: HierarchicalModel,
+    model_kwargs: Mapping[str, Any],
+    start: Mapping[str, Tensor],
 ) -> Callable[[Mapping[str, Tensor]], Tensor] | None:
     """The model's potential compiled with `torch.compile` (forward and gradient
-    fused into a few C++ loops), checked against the uncompiled one at a start
-    point. Compiled here, before chains are forked, so every chain inherits the
-    compiled code. None, with a warning, where compiling fails (no C++ compiler,
-    an operation the compiler cannot take): sampling then goes through Pyro's own
-    potential, as without compiling."""
+    fused into a few C++ loops), checked at `start` (constrained values) against
+    Pyro's own potential of the model: the written-out model cannot drift from the
+    Pyro model unnoticed. Compiled here, before chains are forked, so every chain
+    inherits the compiled code. None, with a warning, where compiling fails (no C++
+    compiler, an operation the compiler cannot take) or disagrees: sampling then
+    goes through Pyro's own potential, as without compiling."""
     state = pyro.util.get_rng_state()
     try:
         pyro.set_rng_seed(0)
-        init, _, transforms, _ = initialize_model(
-            model, model_kwargs=dict(model_kwargs), max_plate_nesting=1
+        init, pyro_potential, transforms, _ = initialize_model(
+            model,
+            model_kwargs=dict(model_kwargs),
+            max_plate_nesting=1,
+            init_strategy=init_to_value(values=dict(start)),
         )
     finally:
         pyro.util.set_rng_state(state)
@@ -174,13 +197,13 @@ def compiled_potential(
                 return potential(params)  # Pyro's rare calls without a gradient
             return compiled(*values)
 
-    start = {k: v.detach() for k, v in init.items()}
+    point = {k: v.detach() for k, v in init.items()}
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # as the chains will run it
         with torch._inductor.config.patch(compile_threads=1):
-            grads, value = potential_grad(potential_fn, start)
-        expected_grads, expected = potential_grad(potential, start)
+            grads, value = potential_grad(potential_fn, point)
+        expected_grads, expected = potential_grad(pyro_potential, point)
     except Exception as exc:  # no compiler, or an operation it cannot take
         warnings.warn(
             f"could not compile the model's potential ({type(exc).__name__}: "
@@ -200,8 +223,9 @@ def compiled_potential(
     )
     if not close:
         warnings.warn(
-            "the compiled potential disagrees with the model's; sampling without "
-            "compiling. Pass compile=False (--no-compile) to skip the attempt",
+            "the compiled potential disagrees with Pyro's potential of the model; "
+            "sampling without compiling. Pass compile=False (--no-compile) to skip "
+            "the attempt",
             stacklevel=3,
         )
         return None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.adaptation import BlockMassMatrix
 from pyro.infer.mcmc.util import initialize_model
 
@@ -64,13 +65,17 @@ def laplace_start(
     model_kwargs: dict[str, Any],
     chains: int,
     seed: int,
+    init: dict[str, torch.Tensor] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None:
     """Per-chain initial values (the mode, jittered by half a posterior sd) in the
-    constrained space, and the inverse mass per site; None where it fails."""
+    constrained space, and the inverse mass per site; None where it fails. The
+    search for the mode starts at `init` (constrained values; see
+    `sbi_plugins.starts`), or where Pyro's default start puts it."""
     torch.manual_seed(seed)
+    strategy = {} if init is None else {"init_strategy": init_to_value(values=init)}
     try:
         init, potential_fn, transforms, _ = initialize_model(
-            model, model_kwargs=model_kwargs
+            model, model_kwargs=model_kwargs, **strategy
         )
     except (RuntimeError, ValueError):
         return None

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from sbi_plugins.cluster import forked_map, local_workers
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
+from sbi_plugins.lapse import Lapse, apply_to_simulations
 
 ROWS_PER_BATCH = 200_000
 """Draw x row evaluations per batch when scoring or simulating after sampling."""
@@ -54,17 +55,23 @@ def simulate_predictive(
     *,
     workers: int | None = None,
     progress: bool = False,
+    lapse: Lapse | None = None,
+    share: np.ndarray | None = None,
 ) -> dict[str, np.ndarray] | None:
     """One simulated row per selected draw and data row, `theta` of shape `(chain,
     draw, group, parameter)`; returns each observable as `(chain, draw, row)`.
-    `workers`: local processes (default one per core)."""
+    `workers`: local processes (default one per core). With lapses, each row is a
+    lapse row with its draw's `share` (`(chain, draw)`) as probability."""
     if not len(selected):
         return None
     theta = theta[:, selected]
     chains, draws = theta.shape[:2]
     flat = theta.reshape(chains * draws, *theta.shape[2:])
     batches = draw_batches(len(flat), len(data.x))
-    job = (simulator, flat, data.group_index, seed)
+    lapses = None
+    if lapse is not None:
+        lapses = (lapse.distribution, share[:, selected].reshape(-1))
+    job = (simulator, flat, data.group_index, seed, lapses)
     n = (
         1
         if len(batches) < PROCESSES_FROM
@@ -90,13 +97,17 @@ def simulate_predictive(
     return {name: out[..., j] for j, name in enumerate(simulator.observable_names)}
 
 
-def simulate_batch(
-    job: tuple[Simulator, np.ndarray, np.ndarray, int], index: int, batch: slice
-) -> np.ndarray:
+def simulate_batch(job: tuple, index: int, batch: slice) -> np.ndarray:
     """Batch `index` of draws: every data row simulated at its group's parameters,
-    `(draws, rows, observables)`, from the batch's own generator."""
-    simulator, flat, group_index, seed = job
+    `(draws, rows, observables)`, from the batch's own generator; lapse rows (where
+    the model has lapses) from a second one, so the model's rows stay the same."""
+    simulator, flat, group_index, seed, lapses = job
     rows = flat[batch][:, group_index, :]
     rng = np.random.default_rng([seed, 1, index])
     sims = np.asarray(simulator.simulate(rows.reshape(-1, rows.shape[-1]), rng))
-    return sims.reshape(rows.shape[0], len(group_index), -1)
+    sims = sims.reshape(rows.shape[0], len(group_index), -1)
+    if lapses is not None:
+        distribution, share = lapses
+        rng = np.random.default_rng([seed, 2, index])
+        sims = apply_to_simulations(sims, share[batch], distribution, rng)
+    return sims

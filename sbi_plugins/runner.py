@@ -25,11 +25,18 @@ from sbi_plugins.hierarchy import (
     plan_parameters,
 )
 from sbi_plugins.idata import build_inference_data, log_likelihood_name
+from sbi_plugins.lapse import Lapse, make_lapse, mix, share_draws
 from sbi_plugins.likelihoods import Likelihood, check_observations
 from sbi_plugins.potential import compiled_potential, worth_compiling
 from sbi_plugins.predictive import draw_batches, predictive_draws, simulate_predictive
 from sbi_plugins.registry import get_simulator
 from sbi_plugins.sampling import run_nuts
+from sbi_plugins.starts import (
+    StartProblem,
+    chain_starts,
+    check_explainable,
+    shift_ceilings,
+)
 from sbi_plugins.versions import package_versions
 
 EDGE_FRACTION = 0.01
@@ -55,6 +62,7 @@ def fit(
     posterior_predictive: bool | int = True,
     formulas: Mapping[str, str] | list[str] | str | None = None,
     compile: bool | None = None,
+    p_outlier: bool | float | torch.distributions.Distribution | None = None,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data with NUTS.
 
@@ -75,6 +83,13 @@ def fit(
     None compiles when chains x (draws + tune) reaches 4000 (the default fit) and
     the data have at least 500 rows, or as the environment variable
     SBI_PLUGINS_COMPILE=0/1 says. Formula models are not compiled.
+
+    `p_outlier`: a lapse component for trials the simulator did not produce (fast
+    guesses, attention lapses), with HSSM's semantics: each row is a mixture of the
+    model and a lapse distribution (uniform over each column's observed range,
+    choices uniform). A number fixes the share (e.g. 0.05), True estimates it with
+    a Beta(2, 38) prior, a distribution on (0, 1) is its prior. See
+    `sbi_plugins.lapse`.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -90,6 +105,7 @@ def fit(
     if formulas is not None:
         data = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(data, sim, group)
+    lapse = make_lapse(p_outlier, sim, prepared.x)
     if formulas is not None:
         from sbi_plugins.formula_fit import plan_from_arguments
 
@@ -100,6 +116,7 @@ def fit(
         )
     # the data's own checks first: no estimator is trained for data that cannot fit
     check_observations(sim, None, prepared.x, prepared.row_labels)
+    check_explainable(sim, prepared.x, prepared.row_labels, lapse is not None)
     if likelihood == "exact":
         lik = Likelihood(sim)
     else:
@@ -126,14 +143,30 @@ def fit(
             },
             seed=seed,
             posterior_predictive=posterior_predictive,
+            lapse=lapse,
         )
 
-    model, model_kwargs = build_model(plans, prepared, lik)
+    model, model_kwargs = build_model(plans, prepared, lik, lapse)
+    start = model_start(model, prepared, sim)
+    problem = StartProblem(
+        lik,
+        lambda values: torch.as_tensor(
+            group_parameter_draws(
+                {k: v.numpy() for k, v in values.items()}, plans, prepared.num_groups
+            )
+        ),
+        prepared.group_index,
+        prepared.x,
+        prepared.row_labels,
+        prepared.group_labels,
+        prepared.group_dim,
+    )
+    starts = chain_starts(model, model_kwargs, start, chains, seed, problem)
     potential = None
     if worth_compiling(compile, chains, draws + tune, len(prepared.x)):
         if progress:
             tqdm.write("compiling the model's potential (cached for later fits)")
-        potential = compiled_potential(model, model_kwargs)
+        potential = compiled_potential(model, model_kwargs, start)
     results = run_nuts(
         model,
         model_kwargs,
@@ -145,9 +178,11 @@ def fit(
         cores=cores,
         target_accept=target_accept,
         potential=potential,
+        starts=starts,
     )
     posterior = _stack([r.samples for r in results])
     theta = group_parameter_draws(posterior, plans, prepared.num_groups)
+    share = share_draws(lapse, posterior, (chains, draws))
     edge_warnings = warn_at_domain_edges(posterior, plans, prepared)
     selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
     attrs = {
@@ -167,13 +202,22 @@ def fit(
         "chains": chains,
         "versions": json.dumps(package_versions()),
         "domain_warnings": json.dumps(edge_warnings),
+        "p_outlier": "" if lapse is None else lapse.describe(),
     }
     return build_inference_data(
         posterior=posterior,
         sample_stats=_stack([r.stats for r in results]),
-        log_likelihood=pointwise_log_likelihood(lik, theta, prepared),
+        log_likelihood=pointwise_log_likelihood(lik, theta, prepared, lapse, share),
         posterior_predictive=simulate_predictive(
-            sim, theta, prepared, seed, selected, workers=cores, progress=progress
+            sim,
+            theta,
+            prepared,
+            seed,
+            selected,
+            workers=cores,
+            progress=progress,
+            lapse=lapse,
+            share=share,
         ),
         predictive_draw_index=selected,
         data=prepared,
@@ -184,16 +228,38 @@ def fit(
 
 
 def build_model(
-    plans: list[ParameterPlan], data: PreparedData, lik: Likelihood
+    plans: list[ParameterPlan],
+    data: PreparedData,
+    lik: Likelihood,
+    lapse: Lapse | None = None,
 ) -> tuple[HierarchicalModel, dict]:
     """The Pyro model of `plans` and the keyword arguments it is run with."""
-    model = HierarchicalModel(plans, data.num_groups, data.group_dim)
+    ceilings = None
+    if lapse is None:
+        ceilings = shift_ceilings(
+            lik.simulator, data.x, data.group_index, data.num_groups, lapses=False
+        )
+    model = HierarchicalModel(plans, data.num_groups, data.group_dim, lapse, ceilings)
     return model, {
         "x": torch.as_tensor(data.x, dtype=torch.float64),
         "group_index": torch.as_tensor(data.group_index),
         "likelihood": lik,
         "site": log_likelihood_name(lik.simulator),
     }
+
+
+def model_start(
+    model: HierarchicalModel, data: PreparedData, simulator: Simulator
+) -> dict[str, torch.Tensor]:
+    """The model's starting values for these data (see `sbi_plugins.starts`)."""
+    ceilings = shift_ceilings(
+        simulator,
+        data.x,
+        data.group_index,
+        data.num_groups,
+        lapses=model.lapse is not None,
+    )
+    return model.start(ceilings)
 
 
 def _stack(per_chain: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -214,11 +280,16 @@ def group_parameter_draws(
 
 
 def pointwise_log_likelihood(
-    lik: Likelihood, theta: np.ndarray, data: PreparedData
+    lik: Likelihood,
+    theta: np.ndarray,
+    data: PreparedData,
+    lapse: Lapse | None = None,
+    share: np.ndarray | None = None,
 ) -> np.ndarray:
-    """log p(row | its group's parameters) for every draw and row: what LOO needs.
-    Scored per group where the likelihood allows (the networks run once per draw
-    and group, not once per draw and row), in batches of draws."""
+    """log p(row | its group's parameters) for every draw and row: what LOO needs,
+    mixed with the lapse distribution at each draw's `p_outlier` where the model
+    has lapses. Scored per group where the likelihood allows (the networks run once
+    per draw and group, not once per draw and row), in batches of draws."""
     chains, draws = theta.shape[:2]
     flat = theta.reshape(chains * draws, *theta.shape[2:])
     x = torch.as_tensor(data.x, dtype=torch.float64)
@@ -227,7 +298,11 @@ def pointwise_log_likelihood(
     with torch.no_grad():
         for batch in draw_batches(len(flat), len(data.x)):
             groups = torch.as_tensor(flat[batch], dtype=torch.float64)
-            out[batch] = lik.log_prob_grouped(groups, group_index, x).numpy()
+            lp = lik.log_prob_grouped(groups, group_index, x)
+            if lapse is not None:
+                shares = torch.as_tensor(share.reshape(-1)[batch])
+                lp = mix(lp, lapse.distribution.log_density, shares)
+            out[batch] = lp.numpy()
     return out.reshape(chains, draws, len(data.x))
 
 

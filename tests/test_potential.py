@@ -9,6 +9,7 @@ import pandas as pd
 import pyro
 import pytest
 import torch
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
@@ -17,13 +18,14 @@ from sbi_plugins import potential as potential_module
 from sbi_plugins.data import prepare_data
 from sbi_plugins.estimators.resolve import shipped_estimator
 from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
+from sbi_plugins.lapse import make_lapse
 from sbi_plugins.likelihoods import Likelihood
 from sbi_plugins.potential import (
     HierarchicalPotential,
     compiled_potential,
     worth_compiling,
 )
-from sbi_plugins.runner import build_model
+from sbi_plugins.runner import build_model, model_start
 
 
 def _ddm_trials() -> pd.DataFrame:
@@ -33,7 +35,7 @@ def _ddm_trials() -> pd.DataFrame:
     return trials
 
 
-def _model(name: str, kind: str, pooling):
+def _model(name: str, kind: str, pooling, p_outlier=None):
     sim = sbi_plugins.get_simulator(name)
     if name == "ddm":
         data, group = _ddm_trials(), "participant_id"
@@ -46,13 +48,16 @@ def _model(name: str, kind: str, pooling):
     lik = (
         Likelihood(sim) if kind == "exact" else Likelihood(sim, shipped_estimator(sim))
     )
-    model, kwargs = build_model(plans, prepared, lik)
-    return model, kwargs
+    lapse = make_lapse(p_outlier, sim, prepared.x)
+    model, kwargs = build_model(plans, prepared, lik, lapse)
+    return model, kwargs, model_start(model, prepared, sim)
 
 
-def _pyro_potential(model, kwargs):
+def _pyro_potential(model, kwargs, start):
     pyro.set_rng_seed(0)
-    init, fn, transforms, _ = initialize_model(model, model_kwargs=kwargs)
+    init, fn, transforms, _ = initialize_model(
+        model, model_kwargs=kwargs, init_strategy=init_to_value(values=start)
+    )
     return init, fn, transforms
 
 
@@ -68,20 +73,34 @@ def _random_points(init, count: int, seed: int):
 
 
 CASES = [
-    ("ddm", "exact", {"v": "partial", "a": "none", "z": "complete", "t": "complete"}),
-    ("ddm", "neural", {"v": "partial", "a": "partial", "z": "none", "t": "complete"}),
-    ("cookie", "exact", "partial"),
-    ("cookie", "neural", "none"),
-    ("cookie", "neural", "complete"),
+    (
+        "ddm",
+        "exact",
+        {"v": "partial", "a": "none", "z": "complete", "t": "complete"},
+        None,
+    ),
+    (
+        "ddm",
+        "neural",
+        {"v": "partial", "a": "partial", "z": "none", "t": "complete"},
+        None,
+    ),
+    ("ddm", "exact", "partial", None),
+    ("ddm", "neural", {"t": "none"}, 0.05),
+    ("ddm", "exact", "partial", True),
+    ("cookie", "exact", "partial", None),
+    ("cookie", "neural", "none", True),
+    ("cookie", "neural", "complete", None),
 ]
 
 
-@pytest.mark.parametrize(("name", "kind", "pooling"), CASES)
-def test_written_out_potential_equals_pyros(name, kind, pooling):
+@pytest.mark.parametrize(("name", "kind", "pooling", "p_outlier"), CASES)
+def test_written_out_potential_equals_pyros(name, kind, pooling, p_outlier):
     """Value and gradient equal Pyro's (traced model, plates, transforms) at random
-    unconstrained points, to rounding: every pooling mode and both likelihoods."""
-    model, kwargs = _model(name, kind, pooling)
-    init, pyro_fn, transforms = _pyro_potential(model, kwargs)
+    unconstrained points, to rounding: every pooling mode, both likelihoods, with
+    and without lapses (fixed and estimated)."""
+    model, kwargs, start = _model(name, kind, pooling, p_outlier)
+    init, pyro_fn, transforms = _pyro_potential(model, kwargs, start)
     mine = HierarchicalPotential(
         model, transforms, kwargs["x"], kwargs["group_index"], kwargs["likelihood"]
     )
@@ -112,15 +131,16 @@ def test_compiled_potential_equals_the_uncompiled_one(kind):
     with distribution validation on (its checks branch on values, which a compiled
     graph cannot), as torch and Pyro have it by default."""
     with pyro.validation_enabled(True):
-        model, kwargs = _model(
+        model, kwargs, start = _model(
             "ddm",
             kind,
-            {"v": "partial", "a": "partial", "z": "complete", "t": "complete"},
+            {"v": "partial", "a": "partial", "z": "complete", "t": "none"},
+            0.05 if kind == "neural" else None,
         )
-        init, pyro_fn, _ = _pyro_potential(model, kwargs)
+        init, pyro_fn, _ = _pyro_potential(model, kwargs, start)
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # no fallback
-            compiled = compiled_potential(model, kwargs)
+            compiled = compiled_potential(model, kwargs, start)
     assert compiled is not None
     for point in _random_points(init, 3, seed=2):
         expected_grads, expected = potential_grad(pyro_fn, point)
