@@ -9,7 +9,10 @@ busy machine: Pyro's potential under its JIT (what short fits use), and the
 written-out potential compiled with `torch.compile` (what long fits use, see
 `sbi_plugins.potential`). Wall time of a fit is
 mostly this times the number of leapfrog steps; the ratio neural/exact here is the
-floor of the fits' time ratio.
+floor of the fits' time ratio. The DDM is timed with `v` and `a` by subject (the
+earlier benchmarks' model), with every parameter by subject (the default), and with
+that plus a lapse component (`p_outlier=0.05`): the last two rows give the cost of
+`p_outlier` per gradient.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import warnings
 
 import pyro
 import torch
+from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
@@ -29,39 +33,55 @@ import sbi_plugins
 from sbi_plugins.data import prepare_data
 from sbi_plugins.estimators.resolve import shipped_estimator
 from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
+from sbi_plugins.lapse import make_lapse
 from sbi_plugins.likelihoods import Likelihood
 from sbi_plugins.potential import compiled_potential
-from sbi_plugins.runner import build_model
+from sbi_plugins.runner import build_model, model_start
+
+V_A = {"v": "partial", "a": "partial", "z": "complete", "t": "complete"}
+STUDIES = {
+    "cookie": ("cookie", "partial", None),
+    "ddm v,a by subject": ("ddm", V_A, None),
+    "ddm all by subject": ("ddm", "partial", None),
+    "ddm all, p_outlier": ("ddm", "partial", 0.05),
+}
 
 
 def study(name: str):
     if name == "cookie":
         from sbi_plugins_cookie import example_data
 
-        return example_data(), "location", "partial"
+        return example_data(), "location"
     from sbi_plugins_ddm import simulate_dataset
 
     trials, _ = simulate_dataset(10, 100, seed=0)
-    pooling = {"v": "partial", "a": "partial", "z": "complete", "t": "complete"}
-    return trials, "participant_id", pooling
+    return trials, "participant_id"
 
 
-def potential(name: str, kind: str, compiled: bool = False):
+def potential(label: str, kind: str, compiled: bool = False):
+    name, pooling, p_outlier = STUDIES[label]
     sim = sbi_plugins.get_simulator(name)
-    data, group, pooling = study(name)
+    data, group = study(name)
     prepared = prepare_data(data, sim, group)
     plans = plan_parameters(sim, normalize_pooling(pooling, sim, True), None)
     lik = (
         Likelihood(sim) if kind == "exact" else Likelihood(sim, shipped_estimator(sim))
     )
-    model, kwargs = build_model(plans, prepared, lik)
+    model, kwargs = build_model(
+        plans, prepared, lik, make_lapse(p_outlier, sim, prepared.x)
+    )
+    start = model_start(model, prepared, sim)
     pyro.set_rng_seed(0)
     init, fn, _, _ = initialize_model(
-        model, model_kwargs=kwargs, jit_compile=True, skip_jit_warnings=True
+        model,
+        model_kwargs=kwargs,
+        jit_compile=True,
+        skip_jit_warnings=True,
+        init_strategy=init_to_value(values=start),
     )
     params = {k: v.detach() for k, v in init.items()}
     if compiled:
-        fn = compiled_potential(model, kwargs)
+        fn = compiled_potential(model, kwargs, start)
     for _ in range(50):  # tracing and the JIT's profiling runs
         potential_grad(fn, params)
     return fn, params
@@ -82,7 +102,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     torch.set_num_threads(1)
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, 1 torch thread")
-    for name in ("cookie", "ddm"):
+    for name in STUDIES:
         for compiled in (False, True):
             built = {
                 kind: potential(name, kind, compiled) for kind in ("exact", "neural")
@@ -98,7 +118,7 @@ def main() -> None:
             exact, neural = min(times["exact"]), min(times["neural"])
             how = "compiled" if compiled else "Pyro JIT"
             print(
-                f"{name:>6}, {how:>8}: exact {exact:.3f} ms, neural {neural:.3f} ms "
+                f"{name:>18}, {how:>8}: exact {exact:.3f} ms, neural {neural:.3f} ms "
                 f"per potential + gradient (best of {args.repeats}); neural / exact "
                 f"{neural / exact:.2f}"
             )

@@ -195,6 +195,7 @@ def _overview_table(fits: Mapping[str, az.InferenceData]) -> str:
                 f"{attrs.get('simulator_version', '')}".strip(),
                 "likelihood": attrs.get("likelihood", "?"),
                 "pooling": pooling or "?",
+                "lapses": attrs.get("p_outlier") or "none",
                 "group": attrs.get("group") or "(none)",
                 "data rows": n_rows,
                 "chains x draws": f"{post.sizes['chain']} x {post.sizes['draw']}",
