@@ -52,12 +52,12 @@ def parse_p_outlier(text: str | None) -> float | bool | None:
         share = float(text)
     except ValueError:
         share = float("nan")
-    if not 0 < share < 1:
+    if not 0 <= share < 1:
         raise CliError(
-            f"cannot read --p-outlier {text!r}: give a share in (0, 1) such as 0.05, "
-            "or 'estimate' to sample it"
+            f"cannot read --p-outlier {text!r}: give a share in [0, 1) such as 0.05 "
+            "(0: no lapses), or 'estimate' to sample it"
         )
-    return share
+    return share or None
 
 
 def _refuse_existing(path: Path) -> None:
@@ -163,6 +163,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         draws=args.draws,
         tune=args.tune,
         chains=args.chains,
+        target_accept=args.target_accept,
         seed=args.seed,
         cores=args.cores,
         progress=not args.no_progress,
@@ -267,6 +268,13 @@ def _sampler_options(parser: argparse.ArgumentParser, seed: int | None) -> None:
     parser.add_argument("--draws", type=int, default=1000, help="draws per chain")
     parser.add_argument("--tune", type=int, default=1000, help="tuning steps per chain")
     parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument(
+        "--target-accept",
+        type=float,
+        default=0.8,
+        help="NUTS's target acceptance rate; raise it (e.g. 0.95) when a fit "
+        "reports divergent transitions",
+    )
     parser.add_argument("--seed", type=int, default=seed)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -334,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--p-outlier",
         metavar="SHARE",
         help="a lapse component for fast guesses and lapses, as HSSM's p_outlier: "
-        "a share such as 0.05, or 'estimate' to sample it (Beta(2, 38) prior)",
+        "a share such as 0.05 (0: none), or 'estimate' to sample it (Beta(2, 38) "
+        "prior)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)
@@ -397,12 +406,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message, category, filename, lineno, line=None) -> str:
+    """Warnings as the errors are: one line, no source path."""
+    return f"sbi-plugins: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings(
         "ignore", message=".*ArviZ is undergoing a major refactor.*"
     )
+    warnings.formatwarning = _one_line
     try:
         with terminate_as_interrupt():
             return args.func(args)

@@ -77,7 +77,7 @@ def fit_formula_model(
 ) -> az.InferenceData:
     """Sample the formula model and assemble its InferenceData."""
     from sbi_plugins.predictive import predictive_draws, simulate_predictive
-    from sbi_plugins.runner import _stack, pointwise_log_likelihood
+    from sbi_plugins.runner import _stack, pointwise_log_likelihood, warn_divergences
 
     site = log_likelihood_name(simulator)
     model_kwargs = {
@@ -120,6 +120,8 @@ def fit_formula_model(
         **sampler,
     )
     raw = _stack([r.samples for r in results])
+    sample_stats = _stack([r.stats for r in results])
+    warn_divergences(sample_stats, sampler["target_accept"])
     theta = cell_parameter_draws(raw, plan)
     share = share_draws(lapse, raw, theta.shape[:2])
     cells = dataclasses.replace(prepared, group_index=plan.cell_index)
@@ -147,7 +149,7 @@ def fit_formula_model(
     }
     return build_inference_data(
         posterior=posterior,
-        sample_stats=_stack([r.stats for r in results]),
+        sample_stats=sample_stats,
         log_likelihood=pointwise_log_likelihood(lik, theta, cells, lapse, share),
         posterior_predictive=simulate_predictive(
             simulator,

@@ -130,9 +130,13 @@ def make_lapse(
     simulator: Simulator,
     x: np.ndarray,
 ) -> Lapse | None:
-    """`fit`'s `p_outlier` argument: None/False none, a number fixes the share, True
+    """`fit`'s `p_outlier` argument: None/False/0 none, a number fixes the share, True
     gives it the default Beta prior, a distribution on (0, 1) is its prior."""
-    if p_outlier is None or p_outlier is False:
+    if (
+        p_outlier is None
+        or p_outlier is False
+        or (isinstance(p_outlier, (int, float)) and p_outlier == 0)
+    ):
         return None
     distribution = LapseDistribution.from_data(simulator, x)
     if p_outlier is True:

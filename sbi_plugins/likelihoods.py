@@ -75,11 +75,14 @@ def check_observations(
                     f"non-integer values at {describe_rows(bad, labels)}"
                 )
         elif obs.kind == "choice":
-            bad = ~np.isin(column, obs.codes)
+            indices = np.arange(len(obs.codes))
+            # the rows off the convention the column mostly follows
+            bad = min(~np.isin(column, obs.codes), ~np.isin(column, indices), key=sum)
             if bad.any():
                 raise DataError(
                     f"column {obs.name!r} accepts codes "
-                    f"{', '.join(f'{c:g}' for c in obs.codes)}; other values at "
+                    f"{', '.join(f'{c:g}' for c in obs.codes)} (or 0-based indices "
+                    f"{', '.join(map(str, indices))}); other values at "
                     f"{describe_rows(bad, labels)}"
                 )
         bad = (column < obs.lower) | (column > obs.upper)
@@ -95,11 +98,18 @@ def check_observations(
         low, high = estimator.support[obs.name]
         bad = (column < low) | (column > high)
         if bad.any():
+            units = (
+                " Most values lie above that range: are they in other units "
+                "(milliseconds instead of seconds)?"
+                if np.median(column) > high
+                else ""
+            )
             raise DataError(
                 f"column {obs.name!r}: values at {describe_rows(bad, labels)} lie "
                 f"outside [{low:g}, {high:g}], the range the {simulator.name} "
                 "estimator saw in training, so it cannot score them; retrain on a "
-                "wider parameter domain (`sbi-plugins train`) or check the data"
+                "wider parameter domain (`sbi-plugins train`) or check the data."
+                + units
             )
 
 

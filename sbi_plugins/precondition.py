@@ -11,6 +11,7 @@ phase; windowed adaptation then refines both as usual. The model is unchanged.
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -99,14 +100,15 @@ def laplace_start(
         [x], lr=1, max_iter=300, tolerance_grad=1e-6, line_search_fn="strong_wolfe"
     )
 
-    best = [float(potential(x0)), x0]
+    best = [float(potential(x0).detach()), x0]
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
         value = potential(x)
         value.backward()
-        if torch.isfinite(value) and float(value) < best[0]:
-            best[:] = [float(value), x.detach().clone()]
+        found = float(value.detach())
+        if math.isfinite(found) and found < best[0]:
+            best[:] = [found, x.detach().clone()]
         return value
 
     # the line search may step over a wall (-inf log density, NaN gradients): keep

@@ -152,7 +152,9 @@ def fit(
         lik,
         lambda values: torch.as_tensor(
             group_parameter_draws(
-                {k: v.numpy() for k, v in values.items()}, plans, prepared.num_groups
+                model.with_group_values({k: v.numpy() for k, v in values.items()}),
+                plans,
+                prepared.num_groups,
             )
         ),
         prepared.group_index,
@@ -180,10 +182,13 @@ def fit(
         potential=potential,
         starts=starts,
     )
-    posterior = _stack([r.samples for r in results])
+    posterior = model.with_group_values(_stack([r.samples for r in results]))
     theta = group_parameter_draws(posterior, plans, prepared.num_groups)
     share = share_draws(lapse, posterior, (chains, draws))
-    edge_warnings = warn_at_domain_edges(posterior, plans, prepared)
+    hints = {} if lapse is not None else fast_guess_hints(sim)
+    edge_warnings = warn_at_domain_edges(posterior, plans, prepared, hints)
+    sample_stats = _stack([r.stats for r in results])
+    warn_divergences(sample_stats, target_accept)
     selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
     attrs = {
         "simulator": sim.name,
@@ -206,7 +211,7 @@ def fit(
     }
     return build_inference_data(
         posterior=posterior,
-        sample_stats=_stack([r.stats for r in results]),
+        sample_stats=sample_stats,
         log_likelihood=pointwise_log_likelihood(lik, theta, prepared, lapse, share),
         posterior_predictive=simulate_predictive(
             sim,
@@ -306,11 +311,45 @@ def pointwise_log_likelihood(
     return out.reshape(chains, draws, len(data.x))
 
 
+def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) -> int:
+    """PyMC's warning: divergent transitions after tuning mean NUTS could not
+    follow the posterior somewhere, and the draws may be biased there."""
+    diverging = sample_stats.get("diverging")
+    count = 0 if diverging is None else int(np.sum(diverging))
+    if count:
+        warnings.warn(
+            f"{count} of {diverging.size} transitions diverged after tuning: the "
+            "posterior may be explored badly where they sit (az.plot_pair(idata, "
+            f"divergences=True)). Raise target_accept above {target_accept:g} "
+            "(e.g. 0.95; --target-accept 0.95), or simplify the model",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return count
+
+
+def fast_guess_hints(simulator: Simulator) -> dict[tuple[str, str], str]:
+    """What a shift parameter at its lower bound usually means: fast guesses."""
+    return {
+        (obs.shift, "lower"): (
+            f"rows with a very small {obs.name!r} (fast guesses) pull "
+            f"{obs.shift!r} down: add a lapse component (p_outlier=0.05, "
+            "--p-outlier 0.05) or drop those rows"
+        )
+        for obs in simulator.observables
+        if obs.shift is not None
+    }
+
+
 def warn_at_domain_edges(
-    posterior: dict[str, np.ndarray], plans: list[ParameterPlan], data: PreparedData
+    posterior: dict[str, np.ndarray],
+    plans: list[ParameterPlan],
+    data: PreparedData,
+    hints: dict[tuple[str, str], str] | None = None,
 ) -> list[str]:
     """Warn when more than 1% of a parameter's draws sit within 1% of the box width
-    of a bound: the data want values the estimator was not trained on."""
+    of a bound: the data want values the estimator was not trained on, unless
+    `hints` (per parameter and side) know the likelier cause."""
     messages = []
     for plan in plans:
         p = plan.parameter
@@ -328,11 +367,14 @@ def warn_at_domain_edges(
                 continue
             where = ", ".join(f"{labels[i]} ({share[i]:.0%})" for i in crowded[:5])
             bound = p.lower if side == "lower" else p.upper
+            advice = (hints or {}).get((p.name, side)) or (
+                "the data want values the estimator was not trained on. Retrain on "
+                "a wider domain, or check the data and the model"
+            )
             message = (
                 f"posterior draws of {p.name!r} pile up at the {side} bound {bound:g} "
-                f"of the training domain [{p.lower:g}, {p.upper:g}] for {where}: the "
-                "data want values the estimator was not trained on. Retrain on a "
-                "wider domain, or check the data and the model"
+                f"of the training domain [{p.lower:g}, {p.upper:g}] for {where}: "
+                + advice
             )
             warnings.warn(message, DomainWarning, stacklevel=3)
             messages.append(message)

@@ -186,8 +186,12 @@ def test_partial_pooling_without_groups_is_refused(small_data):
 
 
 def test_unknown_pooling_and_parameters_are_refused(small_data):
-    with pytest.raises(SbiPluginsError, match="'some' for 'lam' is not one of"):
+    with pytest.raises(SbiPluginsError, match="pooling 'some' is not one of"):
         sbi_plugins.fit(small_data, "cookie", group="location", pooling="some", **QUICK)
+    with pytest.raises(SbiPluginsError, match="'some' for 'lam' is not one of"):
+        sbi_plugins.fit(
+            small_data, "cookie", group="location", pooling={"lam": "some"}, **QUICK
+        )
     with pytest.raises(SbiPluginsError, match="unknown parameters mu"):
         sbi_plugins.fit(
             small_data, "cookie", group="location", pooling={"mu": "none"}, **QUICK

@@ -1,0 +1,85 @@
+"""Messages a tired scientist meets: each says what is wrong and what to do."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+
+import sbi_plugins
+from sbi_plugins.cli import main, parse_p_outlier
+from sbi_plugins.errors import DataError, SbiPluginsError
+from sbi_plugins.estimators.resolve import shipped_estimator
+from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
+from sbi_plugins.lapse import make_lapse
+from sbi_plugins.likelihoods import check_observations
+from sbi_plugins.runner import fast_guess_hints, warn_at_domain_edges, warn_divergences
+
+
+def _ddm():
+    return sbi_plugins.get_simulator("ddm")
+
+
+def test_divergences_after_tuning_are_reported_with_the_remedy():
+    stats = {"diverging": np.array([[True, False, False], [False, False, True]])}
+    with pytest.warns(RuntimeWarning, match="2 of 6 transitions diverged.*0.95"):
+        assert warn_divergences(stats, 0.8) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_divergences({"diverging": np.zeros((2, 3), bool)}, 0.8) == 0
+
+
+def test_t_at_its_lower_bound_points_to_fast_guesses_not_retraining():
+    sim = _ddm()
+    plans = plan_parameters(sim, normalize_pooling("complete", sim, False), None)
+    posterior = {
+        p.name: np.full((1, 50), p.parameter.lower + 0.3 * p.parameter.width)
+        for p in plans
+    }
+    posterior["t"] = np.zeros((1, 50))
+
+    class Data:
+        group_labels = np.array(["all"])
+
+    with pytest.warns(UserWarning, match="'t' pile up at the lower.*--p-outlier"):
+        warn_at_domain_edges(posterior, plans, Data(), fast_guess_hints(sim))
+
+
+def test_rts_in_milliseconds_are_named_as_such():
+    x = np.array([[500.0, 1.0], [700.0, -1.0], [650.0, 1.0]])
+    with pytest.raises(DataError, match="milliseconds instead of seconds"):
+        check_observations(_ddm(), shipped_estimator(_ddm()), x)
+
+
+def test_a_bad_response_code_is_the_only_row_named():
+    x = np.array([[0.5, 1.0], [0.6, 0.0], [0.7, 2.0], [0.8, 0.0]])
+    with pytest.raises(DataError, match=r"-1, 1 \(or 0-based indices 0, 1\).* row 2$"):
+        check_observations(_ddm(), None, x)
+
+
+def test_p_outlier_zero_means_no_lapses():
+    assert make_lapse(0.0, _ddm(), np.array([[0.5, 1.0]])) is None
+    assert parse_p_outlier("0") is None
+
+
+def test_a_misspelled_pooling_mode_names_no_parameter():
+    with pytest.raises(SbiPluginsError, match=r"^pooling 'partail' is not one of"):
+        normalize_pooling("partail", _ddm(), True)
+
+
+def test_cli_warnings_are_one_line(tmp_path, capsys, cookie_data):
+    path = tmp_path / "cookies.csv"
+    cookie_data.head(40).to_csv(path, index=False)
+    code = main(
+        [
+            "fit", "cookie", str(path), "--group", "location", "--draws", "20",
+            "--tune", "5", "--chains", "1", "--no-progress", "--likelihood", "exact",
+            "--target-accept", "0.6", "--out", str(tmp_path / "fit.nc"),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    err = capsys.readouterr().err
+    for line in err.splitlines():
+        if "warning" in line.lower():
+            assert line.startswith("sbi-plugins: warning: "), line
