@@ -45,7 +45,7 @@ def test_mix_is_the_log_of_the_weighted_sum():
     np.testing.assert_allclose(got.numpy(), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, "lots", dist.Normal(0.0, 1.0)])
+@pytest.mark.parametrize("bad", [1.0, -0.1, "lots", dist.Normal(0.0, 1.0)])
 def test_a_share_outside_zero_one_is_refused(bad):
     with pytest.raises(SbiPluginsError, match="p_outlier"):
         make_lapse(bad, _ddm(), np.array([[0.5, 1.0]]))
@@ -55,7 +55,7 @@ def test_cli_reads_a_share_or_estimate():
     assert parse_p_outlier("0.05") == 0.05
     assert parse_p_outlier("estimate") is True
     assert parse_p_outlier(None) is None
-    with pytest.raises(CliError, match="share in \\(0, 1\\)"):
+    with pytest.raises(CliError, match="share in \\[0, 1\\)"):
         parse_p_outlier("5%")
 
 
