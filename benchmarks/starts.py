@@ -16,7 +16,6 @@ import warnings
 
 import numpy as np
 import pyro
-import torch
 from pyro.infer.mcmc.util import initialize_model
 
 import sbi_plugins
@@ -29,8 +28,7 @@ from sbi_plugins.hierarchy import (
     plan_parameters,
 )
 from sbi_plugins.likelihoods import Likelihood
-from sbi_plugins.runner import build_model, group_parameter_draws, model_start
-from sbi_plugins.starts import StartProblem, chain_starts
+from sbi_plugins.runner import build_model, model_start, pooling_chain_starts
 
 CHAINS = 4
 
@@ -55,24 +53,10 @@ def starts_old(model, kwargs) -> bool:
     return True
 
 
-def starts_new(model, kwargs, prepared, plans, lik, sim) -> bool:
-    problem = StartProblem(
-        lik,
-        lambda v: torch.as_tensor(
-            group_parameter_draws(
-                {k: t.numpy() for k, t in v.items()}, plans, prepared.num_groups
-            )
-        ),
-        prepared.group_index,
-        prepared.x,
-        prepared.row_labels,
-        prepared.group_labels,
-        prepared.group_dim,
-    )
+def starts_new(model, kwargs, prepared, sim) -> bool:
     try:
-        chain_starts(
-            model, kwargs, model_start(model, prepared, sim), CHAINS, 0, problem
-        )
+        start = model_start(model, prepared, sim)
+        pooling_chain_starts(model, kwargs, start, prepared, CHAINS, 0)
     except SbiPluginsError:
         return False
     return True
@@ -101,7 +85,7 @@ def main() -> None:
                     )
                     counts += [
                         starts_old(bare, kwargs),
-                        starts_new(model, kwargs, prepared, plans, lik, sim),
+                        starts_new(model, kwargs, prepared, sim),
                     ]
                 label = f"{name} {mode}" + (", one fast guess" if fast_guess else "")
                 print(

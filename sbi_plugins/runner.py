@@ -148,22 +148,7 @@ def fit(
 
     model, model_kwargs = build_model(plans, prepared, lik, lapse)
     start = model_start(model, prepared, sim)
-    problem = StartProblem(
-        lik,
-        lambda values: torch.as_tensor(
-            group_parameter_draws(
-                model.with_group_values({k: v.numpy() for k, v in values.items()}),
-                plans,
-                prepared.num_groups,
-            )
-        ),
-        prepared.group_index,
-        prepared.x,
-        prepared.row_labels,
-        prepared.group_labels,
-        prepared.group_dim,
-    )
-    starts = chain_starts(model, model_kwargs, start, chains, seed, problem)
+    starts = pooling_chain_starts(model, model_kwargs, start, prepared, chains, seed)
     potential = None
     if worth_compiling(compile, chains, draws + tune, len(prepared.x)):
         if progress:
@@ -265,6 +250,34 @@ def model_start(
         lapses=model.lapse is not None,
     )
     return model.start(ceilings)
+
+
+def pooling_chain_starts(
+    model: HierarchicalModel,
+    model_kwargs: dict,
+    start: dict[str, torch.Tensor],
+    data: PreparedData,
+    chains: int,
+    seed: int,
+) -> list[dict[str, torch.Tensor]]:
+    """Per-chain starts of the pooling model (`sbi_plugins.starts.chain_starts`),
+    with its group values at hand to name the rows where a start fails."""
+    problem = StartProblem(
+        model_kwargs["likelihood"],
+        lambda values: torch.as_tensor(
+            group_parameter_draws(
+                model.with_group_values({k: v.numpy() for k, v in values.items()}),
+                model.plans,
+                data.num_groups,
+            )
+        ),
+        data.group_index,
+        data.x,
+        data.row_labels,
+        data.group_labels,
+        data.group_dim,
+    )
+    return chain_starts(model, model_kwargs, start, chains, seed, problem)
 
 
 def _stack(per_chain: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -35,7 +35,7 @@ def _trials(seed: int, subjects: int = 6, trials: int = 40):
 
 def _starts(data, pooling, lik, p_outlier=None, chains=4):
     """The chains' starting values of the runner's own model, as `fit` makes them."""
-    from sbi_plugins.runner import StartProblem, chain_starts, group_parameter_draws
+    from sbi_plugins.runner import pooling_chain_starts
 
     sim = lik.simulator
     prepared = prepare_data(data, sim, "participant_id")
@@ -43,20 +43,11 @@ def _starts(data, pooling, lik, p_outlier=None, chains=4):
     lapse = make_lapse(p_outlier, sim, prepared.x)
     model, kwargs = build_model(plans, prepared, lik, lapse)
     start = model_start(model, prepared, sim)
-    problem = StartProblem(
-        lik,
-        lambda v: torch.as_tensor(
-            group_parameter_draws(
-                {k: t.numpy() for k, t in v.items()}, plans, prepared.num_groups
-            )
-        ),
-        prepared.group_index,
-        prepared.x,
-        prepared.row_labels,
-        prepared.group_labels,
-        "participant_id",
+    return (
+        model,
+        kwargs,
+        pooling_chain_starts(model, kwargs, start, prepared, chains, 0),
     )
-    return model, kwargs, chain_starts(model, kwargs, start, chains, 0, problem)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
