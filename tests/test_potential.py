@@ -126,7 +126,8 @@ needs_compiler = pytest.mark.skipif(
 @pytest.mark.parametrize("kind", ["exact", "neural"])
 def test_compiled_potential_equals_the_uncompiled_one(kind):
     """torch.compile fuses the float32 network's operations in another order: the
-    potential agrees to 1e-6 relative and its gradient to 1e-5 of the largest
+    potential agrees to 1e-5 relative (the run-time check's tolerance; float32
+    rounding over 1,000 rows reaches 1e-6) and its gradient to 1e-5 of the largest
     component, at points other than the one it was checked at when compiled. Built
     with distribution validation on (its checks branch on values, which a compiled
     graph cannot), as torch and Pyro have it by default."""
@@ -145,7 +146,7 @@ def test_compiled_potential_equals_the_uncompiled_one(kind):
     for point in _random_points(init, 3, seed=2):
         expected_grads, expected = potential_grad(pyro_fn, point)
         grads, value = potential_grad(compiled, point)
-        assert float(value) == pytest.approx(float(expected), rel=1e-6)
+        assert float(value) == pytest.approx(float(expected), rel=1e-5)
         largest = max(float(g.abs().max()) for g in expected_grads.values())
         for site in expected_grads:
             gap = float((grads[site] - expected_grads[site]).abs().max())
