@@ -82,42 +82,6 @@ def log_interval_mass(
     return mass.clamp(min=_TINY).log()
 
 
-def normal_in_box(
-    u: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-) -> torch.Tensor:
-    """The `u`-quantile of Normal(loc, scale) truncated to [low, high]: the
-    non-centered form of a truncated normal population (`u` uniform on (0, 1) gives
-    exactly that distribution). Computed in whichever tail keeps the normal CDF
-    accurate, as `_normal_log_mass` does."""
-    u = u.clamp(1e-12, 1 - 1e-12)
-    alpha, beta = (low - loc) / scale, (high - loc) / scale
-    flip = (alpha + beta) > 0
-    lo = torch.where(flip, -beta, alpha)
-    hi = torch.where(flip, -alpha, beta)
-    u = torch.where(flip, 1 - u, u)
-    p = torch.special.ndtr(lo) + u * (torch.special.ndtr(hi) - torch.special.ndtr(lo))
-    z = torch.special.ndtri(p.clamp(min=_TINY))
-    z = torch.where(flip, -z, z)
-    return torch.minimum(torch.maximum(loc + scale * z, low), high)
-
-
-def normal_box_quantile(
-    x: torch.Tensor,
-    loc: torch.Tensor,
-    scale: torch.Tensor,
-    low: torch.Tensor,
-    high: torch.Tensor,
-) -> torch.Tensor:
-    """The inverse of `normal_in_box`: where `x` sits in the truncated normal."""
-    cdf = torch.special.ndtr
-    a, b = cdf((low - loc) / scale), cdf((high - loc) / scale)
-    return ((cdf((x - loc) / scale) - a) / (b - a)).clamp(1e-6, 1 - 1e-6)
-
-
 def _param_dtype(base: torch.distributions.Distribution) -> torch.dtype:
     for name in base.arg_constraints:
         value = getattr(base, name, None)

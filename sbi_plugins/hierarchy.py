@@ -21,18 +21,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pyro
-import pyro.distributions as dist
 import torch
 
 from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
-from sbi_plugins.distributions import (
-    SampledBelow,
-    TruncatedToBox,
-    as_pyro,
-    log_interval_mass,
-    normal_box_quantile,
-    normal_in_box,
-)
+from sbi_plugins.distributions import SampledBelow, TruncatedToBox, as_pyro
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.lapse import SITE as LAPSE_SITE
 from sbi_plugins.lapse import Lapse, with_lapses
@@ -68,18 +60,6 @@ class ParameterPlan:
     @property
     def grouped(self) -> bool:
         return self.pooling != "complete"
-
-    @property
-    def noncentered(self) -> bool:
-        """A partially pooled normal population is sampled through each group's
-        quantile in it (`<name>_offset`), not the group value itself: the
-        non-centered form, without the funnel between a small `sigma` and the
-        group values that makes centered hierarchies diverge."""
-        return self.pooling == "partial" and self.family.name == "normal"
-
-    @property
-    def offset_name(self) -> str:
-        return f"{self.name}_offset"
 
     def describe(self) -> str:
         box = f"in [{self.parameter.lower:g}, {self.parameter.upper:g}]"
@@ -214,45 +194,12 @@ class HierarchicalModel:
             return prior
         return SampledBelow(prior, ceiling if plan.grouped else ceiling.min())
 
-    def noncentered_values(
-        self,
-        plan: ParameterPlan,
-        offset: torch.Tensor,
-        mu: torch.Tensor,
-        sigma: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group values at their quantiles `offset` of the truncated normal
-        population, and the log density the offsets add: zero, or, below a
-        ceiling, the log of the population's mass under it (the offsets then span
-        only that part). One statement for the model, its written-out potential and
-        the posterior draws."""
-        p = plan.parameter
-        low = torch.tensor(p.lower, dtype=torch.float64)
-        high = torch.tensor(p.upper, dtype=torch.float64)
-        ceiling = self.ceilings.get(plan.name)
-        top = high if ceiling is None else torch.minimum(ceiling, high)
-        values = normal_in_box(offset, mu, sigma, low, top)
-        if ceiling is None:
-            return values, torch.zeros_like(values)
-        base = torch.distributions.Normal(mu, sigma, validate_args=False)
-        mass = log_interval_mass(base, low, top) - log_interval_mass(base, low, high)
-        return values, mass.expand(values.shape)
-
     def _sample_plan(self, plan: ParameterPlan, groups: pyro.plate) -> torch.Tensor:
         if plan.pooling == "partial":
             hyper = {
                 h: pyro.sample(f"{plan.name}_{h}", as_pyro(plan.prior.hyperpriors[h]))
                 for h in plan.family.hyperparameters
             }
-            if plan.noncentered:
-                unit = torch.tensor(1.0, dtype=torch.float64)
-                with groups:
-                    offset = pyro.sample(plan.offset_name, dist.Uniform(0 * unit, unit))
-                    values, mass = self.noncentered_values(
-                        plan, offset, hyper["mu"], hyper["sigma"]
-                    )
-                    pyro.factor(f"{plan.name}_below", mass)
-                return values
             population = self.truncated(plan, plan.family.build(**hyper))
             with groups:
                 return pyro.sample(plan.name, self._below_ceiling(plan, population))
@@ -283,25 +230,6 @@ class HierarchicalModel:
         with pyro.plate("__obs__", x.shape[0], dim=-1):
             pyro.sample(site, rows, obs=x)
 
-    def with_group_values(
-        self, draws: Mapping[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
-        """Sampled sites (any leading shape) -> the same with each non-centered
-        parameter's group values in place of its offsets."""
-        out = dict(draws)
-        for plan in self.plans:
-            if not plan.noncentered or plan.offset_name not in out:
-                continue
-            mu, sigma = (
-                torch.as_tensor(out[f"{plan.name}_{h}"])[..., None]
-                for h in ("mu", "sigma")
-            )
-            values, _ = self.noncentered_values(
-                plan, torch.as_tensor(out.pop(plan.offset_name)), mu, sigma
-            )
-            out[plan.name] = values.numpy()
-        return out
-
     def start(self, ceilings: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
         """Constrained starting values of every site (see `sbi_plugins.starts`):
         typical values, shift parameters below their groups' ceilings, population
@@ -329,16 +257,6 @@ class HierarchicalModel:
                 if value is None or not bool(hyperprior.support.check(value)):
                     value = _median(hyperprior)
                 values[f"{plan.name}_{h}"] = value
-            if plan.noncentered:
-                high = torch.tensor(p.upper, dtype=torch.float64)
-                model_ceiling = self.ceilings.get(plan.name)
-                values[plan.offset_name] = normal_box_quantile(
-                    values.pop(plan.name),
-                    values[f"{plan.name}_mu"],
-                    values[f"{plan.name}_sigma"],
-                    torch.tensor(p.lower, dtype=torch.float64),
-                    high if model_ceiling is None else model_ceiling.clamp(max=high),
-                )
         if self.lapse is not None and self.lapse.prior is not None:
             values[LAPSE_SITE] = _median(self.lapse.prior)
         return values

@@ -99,16 +99,6 @@ class HierarchicalPotential:
         )
         columns = []
         for plan in self.model.plans:
-            if plan.noncentered:
-                value, mass = self.model.noncentered_values(
-                    plan,
-                    values[plan.offset_name],
-                    values[f"{plan.name}_mu"],
-                    values[f"{plan.name}_sigma"],
-                )
-                total = total + mass.sum()
-                columns.append(value)
-                continue
             value = values[plan.name]
             if plan.pooling == "partial":
                 hyper = {

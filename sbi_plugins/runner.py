@@ -167,7 +167,7 @@ def fit(
         potential=potential,
         starts=starts,
     )
-    posterior = model.with_group_values(_stack([r.samples for r in results]))
+    posterior = _stack([r.samples for r in results])
     theta = group_parameter_draws(posterior, plans, prepared.num_groups)
     share = share_draws(lapse, posterior, (chains, draws))
     hints = {} if lapse is not None else fast_guess_hints(sim)
@@ -266,7 +266,7 @@ def pooling_chain_starts(
         model_kwargs["likelihood"],
         lambda values: torch.as_tensor(
             group_parameter_draws(
-                model.with_group_values({k: v.numpy() for k, v in values.items()}),
+                {k: v.numpy() for k, v in values.items()},
                 model.plans,
                 data.num_groups,
             )

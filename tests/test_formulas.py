@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import sbi_plugins
-from sbi_plugins.distributions import normal_box_quantile
 from sbi_plugins.formula_fit import plan_from_arguments
 from sbi_plugins.formulas import (
     FormulaError,
@@ -243,14 +242,10 @@ def test_formula_and_pooling_models_share_the_likelihood(ddm, small):
     plans = plan_parameters(ddm, pooling)
     old = HierarchicalModel(plans, 4, "participant_id")
     group_index = torch.as_tensor(pd.factorize(small["participant_id"], sort=True)[0])
-    # the pooling model samples each subject's quantile in its population
-    offsets = normal_box_quantile(
-        v_g, torch.tensor(0.5), torch.tensor(1.0), torch.tensor(-3.0), torch.tensor(3.0)
-    )
     old_values = {
         "v_mu": torch.tensor(0.5),
         "v_sigma": torch.tensor(1.0),
-        "v_offset": offsets,
+        "v": v_g,
         **{k: torch.tensor(v, dtype=torch.float64) for k, v in pooled.items()},
     }
     old_trace = pyro.poutine.trace(pyro.poutine.condition(old, old_values)).get_trace(
@@ -280,9 +275,7 @@ def test_formula_and_pooling_models_share_the_likelihood(ddm, small):
     old_lp = old_trace.nodes[SITE]["fn"].log_prob(x)
     new_lp = new_trace.nodes[SITE]["fn"].log_prob(x)
     assert torch.isfinite(old_lp).all()
-    # the pooling model's values go through the normal quantile and back (ndtr,
-    # ndtri): equal to about 1e-8, not to the last bit
-    torch.testing.assert_close(new_lp, old_lp, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(new_lp, old_lp, rtol=1e-9, atol=1e-9)
 
 
 def test_named_posterior_shapes_and_dims(ddm, small):
