@@ -419,9 +419,7 @@ class FormulaModel:
                 )
                 values[f"{name}_offset"] = torch.zeros(t.shape, dtype=torch.float64)
         if self.lapse is not None and self.lapse.prior is not None:
-            values[LAPSE_SITE] = torch.tensor(
-                float(self.lapse.prior.mean), dtype=torch.float64
-            )
+            values[LAPSE_SITE] = self.lapse.start_share()
         return values
 
 

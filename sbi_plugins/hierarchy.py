@@ -258,7 +258,7 @@ class HierarchicalModel:
                     value = _median(hyperprior)
                 values[f"{plan.name}_{h}"] = value
         if self.lapse is not None and self.lapse.prior is not None:
-            values[LAPSE_SITE] = _median(self.lapse.prior)
+            values[LAPSE_SITE] = self.lapse.start_share()
         return values
 
 

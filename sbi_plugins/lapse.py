@@ -109,6 +109,10 @@ class Lapse:
             return torch.tensor(self.fixed, dtype=torch.float64)
         return pyro.sample(SITE, self.prior)
 
+    def start_share(self) -> Tensor:
+        """Where a sampled `p_outlier` starts: its prior's mean."""
+        return torch.as_tensor(self.prior.mean, dtype=torch.float64)
+
     def describe(self) -> str:
         share = (
             f"p_outlier = {self.fixed:g}"
