@@ -28,7 +28,7 @@ import torch
 import sbi_plugins
 from sbi_plugins.estimators.artifact import load
 from sbi_plugins.estimators.training import train
-from sbi_plugins.likelihoods import Likelihood
+from sbi_plugins.likelihoods.distribution import Likelihood
 
 
 def parse_overrides(items: list[str]) -> dict:

@@ -7,7 +7,7 @@ Builds the very model `fit` samples and times `potential_grad` at the initial
 point, exact and neural interleaved in one process, so the ratio holds even on a
 busy machine: Pyro's potential under its JIT (what short fits use), and the
 written-out potential compiled with `torch.compile` (what long fits use, see
-`sbi_plugins.potential`). Wall time of a fit is
+`sbi_plugins.model.potential`). Wall time of a fit is
 mostly this times the number of leapfrog steps; the ratio neural/exact here is the
 floor of the fits' time ratio. The DDM is timed with `v` and `a` by subject (the
 earlier benchmarks' model), with every parameter by subject (the default), and with
@@ -32,10 +32,10 @@ from pyro.ops.integrator import potential_grad
 import sbi_plugins
 from sbi_plugins.data import prepare_data
 from sbi_plugins.estimators.resolve import shipped_estimator
-from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
-from sbi_plugins.lapse import make_lapse
-from sbi_plugins.likelihoods import Likelihood
-from sbi_plugins.potential import compiled_potential
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.likelihoods.lapse import make_lapse
+from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
+from sbi_plugins.model.potential import compiled_potential
 from sbi_plugins.runner import build_model, model_start
 
 V_A = {"v": "partial", "a": "partial", "z": "complete", "t": "complete"}

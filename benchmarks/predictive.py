@@ -19,7 +19,7 @@ from sbi_plugins_ddm import simulate_dataset
 
 import sbi_plugins
 from sbi_plugins.data import prepare_data
-from sbi_plugins.predictive import predictive_draws, simulate_predictive
+from sbi_plugins.results.predictive import predictive_draws, simulate_predictive
 
 
 def main() -> None:

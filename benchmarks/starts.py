@@ -1,5 +1,5 @@
 """Which DDM configurations start: Pyro's random start (the old default) against the
-start built from the data (`sbi_plugins.starts`), every pooling mode of every
+start built from the data (`sbi_plugins.inference.starts`), every pooling mode of every
 parameter (the others partial), with and without a fast guess, over data seeds.
 
     python benchmarks/starts.py [--seeds 8]
@@ -21,13 +21,13 @@ from pyro.infer.mcmc.util import initialize_model
 import sbi_plugins
 from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.hierarchy import (
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.model.pooling import (
     POOLING_MODES,
     HierarchicalModel,
     normalize_pooling,
     plan_parameters,
 )
-from sbi_plugins.likelihoods import Likelihood
 from sbi_plugins.runner import build_model, model_start, pooling_chain_starts
 
 CHAINS = 4

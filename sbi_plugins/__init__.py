@@ -19,8 +19,8 @@ from sbi_plugins.errors import (
     PluginError,
     SbiPluginsError,
 )
-from sbi_plugins.hookspecs import hookimpl
-from sbi_plugins.registry import get_simulator, list_plugins
+from sbi_plugins.plugin.hookspecs import hookimpl
+from sbi_plugins.plugin.registry import get_simulator, list_plugins
 
 __version__ = "0.1.0"
 

@@ -1,11 +1,11 @@
 """The public surface: fit, compare, train, likelihood, list_plugins."""
 
-from sbi_plugins.comparison import compare
-from sbi_plugins.distributed import collect_fits, fit_many
-from sbi_plugins.estimators import load as load_estimator
-from sbi_plugins.estimators import train as _train
-from sbi_plugins.likelihoods import likelihood
-from sbi_plugins.registry import get_simulator, list_plugins
+from sbi_plugins.batch import collect_fits, fit_many
+from sbi_plugins.estimators.artifact import load as load_estimator
+from sbi_plugins.estimators.training import train as _train
+from sbi_plugins.likelihoods.distribution import likelihood
+from sbi_plugins.plugin.registry import get_simulator, list_plugins
+from sbi_plugins.results.comparison import compare
 from sbi_plugins.runner import fit
 
 __all__ = [

@@ -68,7 +68,7 @@ def _refuse_existing(path: Path) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from sbi_plugins.registry import list_plugins
+    from sbi_plugins.plugin.registry import list_plugins
 
     plugins = list_plugins()
     if args.json:
@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sbi_plugins.estimators import train
     from sbi_plugins.estimators.resolve import cache_path
     from sbi_plugins.estimators.training import training_recipe
-    from sbi_plugins.registry import get_simulator
+    from sbi_plugins.plugin.registry import get_simulator
 
     simulator = get_simulator(args.simulator)
     # every recipe option given on the command line (--num-simulations, and any
@@ -186,7 +186,7 @@ def _write_netcdf(idata, out: Path) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from sbi_plugins.comparison import compare
+    from sbi_plugins.results.comparison import compare
 
     names = [Path(p).stem for p in args.fits]
     if len(set(names)) != len(names):

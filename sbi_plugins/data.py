@@ -14,8 +14,7 @@ import numpy as np
 import pandas as pd
 
 from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import DataError
-from sbi_plugins.likelihoods import describe_rows
+from sbi_plugins.errors import DataError, describe_rows
 
 
 @dataclass

@@ -8,12 +8,12 @@ from pathlib import Path
 import arviz as az
 import pandas as pd
 
-from sbi_plugins.comparison import compare
 from sbi_plugins.errors import PluginError, SbiPluginsError
 from sbi_plugins.outputs import OutputError, check_writable_dir, write_new
 from sbi_plugins.plot import save_shrinkage_plot
-from sbi_plugins.registry import get_simulator
+from sbi_plugins.plugin.registry import get_simulator
 from sbi_plugins.report import REPORT_FILE, render_report
+from sbi_plugins.results.comparison import compare
 from sbi_plugins.runner import fit
 
 POOLINGS = {"pooled": "complete", "unpooled": "none", "hierarchical": "partial"}

@@ -1,5 +1,9 @@
 """Errors a user can act on. The CLI prints their message and exits 2, no traceback."""
 
+from __future__ import annotations
+
+import numpy as np
+
 
 class SbiPluginsError(Exception):
     """Base class: the message says what is wrong and what to do."""
@@ -23,3 +27,14 @@ class EstimatorError(SbiPluginsError):
 
 class DomainWarning(UserWarning):
     """Posterior mass piles up against the estimator's training domain."""
+
+
+def describe_rows(
+    mask: np.ndarray, labels: np.ndarray | None = None, limit: int = 8
+) -> str:
+    """'rows 3, 17 and 2 more': which rows are bad, named by their index labels."""
+    rows = np.flatnonzero(mask)
+    names = [str(labels[i] if labels is not None else i) for i in rows[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    word = "row" if len(rows) == 1 else "rows"
+    return f"{word} {', '.join(names)}{more}"

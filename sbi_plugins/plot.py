@@ -46,7 +46,7 @@ def fit_attrs(idata: az.InferenceData) -> dict[str, str]:
 
 def simulator_bounds(idata: az.InferenceData) -> dict[str, tuple[float, float]]:
     """The training box of the fit's simulator parameters, from its installed plugin."""
-    from sbi_plugins.registry import get_simulator
+    from sbi_plugins.plugin.registry import get_simulator
 
     name = fit_attrs(idata).get("simulator")
     if not name:
@@ -194,7 +194,7 @@ def _observable_kinds(idata: az.InferenceData) -> dict[str, str]:
     installed, else read off the data (integers: counts, two values: a choice)."""
     names = [str(n) for n in idata.observed_data.data_vars]
     try:
-        from sbi_plugins.registry import get_simulator
+        from sbi_plugins.plugin.registry import get_simulator
 
         simulator = get_simulator(fit_attrs(idata).get("simulator", ""))
         kinds = {o.name: o.kind for o in simulator.observables}

@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 
 from sbi_plugins import plot
-from sbi_plugins.comparison import compare, load_fit
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.outputs import check_writable_dir, write_new
+from sbi_plugins.results.comparison import compare, load_fit
 
 REPORT_FILE = "report.html"
 RHAT_MAX = 1.01

@@ -17,25 +17,29 @@ from sbi_plugins.contract import PopulationPrior, Simulator
 from sbi_plugins.data import PreparedData, prepare_data, read_table
 from sbi_plugins.errors import DomainWarning, SbiPluginsError
 from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
-from sbi_plugins.hierarchy import (
+from sbi_plugins.inference.nuts import run_nuts
+from sbi_plugins.inference.starts import (
+    StartProblem,
+    chain_starts,
+    check_explainable,
+    shift_ceilings,
+)
+from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
+from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, mix, share_draws
+from sbi_plugins.model.pooling import (
     HierarchicalModel,
     ParameterPlan,
     describe_plans,
     normalize_pooling,
     plan_parameters,
 )
-from sbi_plugins.idata import build_inference_data, log_likelihood_name
-from sbi_plugins.lapse import Lapse, make_lapse, mix, share_draws
-from sbi_plugins.likelihoods import Likelihood, check_observations
-from sbi_plugins.potential import compiled_potential, worth_compiling
-from sbi_plugins.predictive import draw_batches, predictive_draws, simulate_predictive
-from sbi_plugins.registry import get_simulator
-from sbi_plugins.sampling import run_nuts
-from sbi_plugins.starts import (
-    StartProblem,
-    chain_starts,
-    check_explainable,
-    shift_ceilings,
+from sbi_plugins.model.potential import compiled_potential, worth_compiling
+from sbi_plugins.plugin.registry import get_simulator
+from sbi_plugins.results.idata import build_inference_data, log_likelihood_name
+from sbi_plugins.results.predictive import (
+    draw_batches,
+    predictive_draws,
+    simulate_predictive,
 )
 from sbi_plugins.versions import package_versions
 
@@ -75,7 +79,7 @@ def fit(
     per chain; False skips it.
 
     `formulas`, e.g. `{"v": "v ~ 1 + difficulty + (1|participant_id)"}`, give
-    parameters regression formulas (see `sbi_plugins.formulas`); the others follow
+    parameters regression formulas (see `sbi_plugins.model.formulas`); the others follow
     `pooling`, translated to its formula.
 
     `compile`: compile the model's potential with `torch.compile` before sampling
@@ -89,7 +93,7 @@ def fit(
     model and a lapse distribution (uniform over each column's observed range,
     choices uniform). A number fixes the share (e.g. 0.05), True estimates it with
     a Beta(2, 38) prior, a distribution on (0, 1) is its prior. See
-    `sbi_plugins.lapse`.
+    `sbi_plugins.likelihoods.lapse`.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -107,7 +111,7 @@ def fit(
     prepared = prepare_data(data, sim, group)
     lapse = make_lapse(p_outlier, sim, prepared.x)
     if formulas is not None:
-        from sbi_plugins.formula_fit import plan_from_arguments
+        from sbi_plugins.model.formula_fit import plan_from_arguments
 
         formula_plan = plan_from_arguments(data, sim, formulas, pooling, group, priors)
     else:
@@ -126,7 +130,7 @@ def fit(
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     if formulas is not None:
-        from sbi_plugins.formula_fit import fit_formula_model
+        from sbi_plugins.model.formula_fit import fit_formula_model
 
         return fit_formula_model(
             formula_plan,
@@ -241,7 +245,7 @@ def build_model(
 def model_start(
     model: HierarchicalModel, data: PreparedData, simulator: Simulator
 ) -> dict[str, torch.Tensor]:
-    """The model's starting values for these data (see `sbi_plugins.starts`)."""
+    """The model's starting values for these data (`sbi_plugins.inference.starts`)."""
     ceilings = shift_ceilings(
         simulator,
         data.x,
@@ -260,8 +264,7 @@ def pooling_chain_starts(
     chains: int,
     seed: int,
 ) -> list[dict[str, torch.Tensor]]:
-    """Per-chain starts of the pooling model (`sbi_plugins.starts.chain_starts`),
-    with its group values at hand to name the rows where a start fails."""
+    """Per-chain starts of the pooling model (`inference.starts.chain_starts`), with its group values at hand to name the rows where a start fails."""
     problem = StartProblem(
         model_kwargs["likelihood"],
         lambda values: torch.as_tensor(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sbi_plugins.registry import isolated_registry
+from sbi_plugins.plugin.registry import isolated_registry
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_COOKIES = REPO.parent / "shared" / "data" / "cookies.dat"

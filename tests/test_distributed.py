@@ -117,8 +117,8 @@ def test_train_on_the_cluster_records_the_same_data(client, cookie):
 
 
 def test_unreachable_scheduler_is_a_clear_error(cookie, monkeypatch):
-    from sbi_plugins import cluster
-    from sbi_plugins.cluster import ClusterError
+    from sbi_plugins import parallel as cluster
+    from sbi_plugins.parallel import ClusterError
 
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT", "1s")
     with pytest.raises(ClusterError, match="cannot reach the Dask scheduler"):
@@ -132,7 +132,7 @@ def _broken_simulate(theta, rng):
 
 
 def test_a_failing_simulator_on_the_cluster_names_the_chunk(client, cookie):
-    from sbi_plugins.cluster import ClusterError
+    from sbi_plugins.parallel import ClusterError
 
     broken = dataclasses.replace(cookie, simulate=_broken_simulate)
     with pytest.raises(ClusterError, match=r"chunk \d+ of 'cookie' failed.*ValueError"):
@@ -314,7 +314,7 @@ def test_a_cancelled_task_says_why():
     """A fit the scheduler cancels reports the scheduler's reason."""
     from distributed.client import FutureCancelledError
 
-    from sbi_plugins.cluster import task_error
+    from sbi_plugins.parallel import task_error
 
     class Cancelled:
         status = "cancelled"
@@ -363,7 +363,7 @@ def _our_workers() -> list:
 
 @pytest.mark.timeout(60)
 def test_forked_map_names_the_task_whose_worker_died_and_the_cause():
-    from sbi_plugins.cluster import RemoteTraceback, WorkerDied, forked_map
+    from sbi_plugins.parallel import RemoteTraceback, WorkerDied, forked_map
 
     tasks = [("fine",), ("kill",), ("fine",)]
     with pytest.raises(WorkerDied, match=r"task 1: it was killed by SIGKILL.*memory"):
@@ -386,7 +386,7 @@ def test_a_dead_local_worker_costs_only_its_own_data_set(
     """One worker dies fitting 'doomed' while the other is in the middle of 'busy'
     (held until the death is reported): 'doomed' fails with the cause, 'busy' and
     the rest finish, each run once, on a fresh worker where needed."""
-    from sbi_plugins import distributed as dist
+    from sbi_plugins import batch as dist
 
     released = mp.get_context("fork").Event()
 
@@ -429,7 +429,7 @@ def test_real_fits_outlive_a_local_worker_killed_mid_run(
 ):
     """End to end: the worker fitting 'doomed' is killed; the real fits of the
     other data sets come back equal to each fitted alone."""
-    from sbi_plugins import distributed as dist
+    from sbi_plugins import batch as dist
 
     real_fit = dist._fit_one
 
@@ -501,7 +501,7 @@ def test_cli_train_passes_scheduler_workers_and_device(
 def test_cli_train_cluster_errors_are_one_line(
     monkeypatch, tmp_path, capsys, extra, pattern
 ):
-    from sbi_plugins import cluster
+    from sbi_plugins import parallel as cluster
     from sbi_plugins.cli import main
 
     if not extra:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy import integrate, special, stats
 
-from sbi_plugins.distributions import TruncatedToBox, gammainc, mean_sd_gamma
+from sbi_plugins.default_plugins.priors import mean_sd_gamma
+from sbi_plugins.model.distributions import TruncatedToBox, gammainc
 
 
 @pytest.fixture(autouse=True)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from sbi_plugins import hookimpl
-from sbi_plugins.artifact_format import content_checksum
 from sbi_plugins.cli import main
 from sbi_plugins.contract import Observable, Parameter, Simulator
 from sbi_plugins.errors import EstimatorError
 from sbi_plugins.estimators import artifact, load, resolve, train
+from sbi_plugins.estimators.format import content_checksum
 from sbi_plugins.estimators.training import simulate_training_data, training_recipe
 
 
@@ -273,6 +273,11 @@ def test_a_malformed_cached_estimator_is_ignored_and_retrained(
 def test_train_with_other_options_gets_its_own_cache_file(
     tmp_path, cookie, tiny_cookie_estimator, monkeypatch, capsys
 ):
+    from sbi_plugins import estimators
+    from sbi_plugins.estimators import training
+
+    # the CLI's `train` really trains; only the resolver's fallback is faked
+    monkeypatch.setattr(estimators, "train", training.train, raising=False)
     calls = _no_shipped_estimator(monkeypatch, tmp_path, tiny_cookie_estimator)
     assert main(["train", "cookie", "--num-simulations", "500", "--no-progress"]) == 0
     out = capsys.readouterr().out

@@ -11,9 +11,9 @@ import sbi_plugins
 from sbi_plugins.cli import main, parse_p_outlier
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.estimators.resolve import shipped_estimator
-from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
-from sbi_plugins.lapse import make_lapse
-from sbi_plugins.likelihoods import check_observations
+from sbi_plugins.likelihoods.distribution import check_observations
+from sbi_plugins.likelihoods.lapse import make_lapse
+from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
 from sbi_plugins.runner import fast_guess_hints, warn_at_domain_edges, warn_divergences
 
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 
 import sbi_plugins
-from sbi_plugins.formula_fit import plan_from_arguments
-from sbi_plugins.formulas import (
+from sbi_plugins.likelihoods.distribution import likelihood
+from sbi_plugins.model.formula_fit import plan_from_arguments
+from sbi_plugins.model.formulas import (
     FormulaError,
     FormulaModel,
     inverse_link,
     link,
     named_posterior,
 )
-from sbi_plugins.hierarchy import HierarchicalModel, plan_parameters
-from sbi_plugins.likelihoods import likelihood
+from sbi_plugins.model.pooling import HierarchicalModel, plan_parameters
 
 SITE = "rt,response"
 TRUE_EFFECT = -0.5

@@ -19,7 +19,7 @@ import torch
 import sbi_plugins
 from sbi_plugins.cli import main
 from sbi_plugins.errors import PluginError
-from sbi_plugins.registry import PluginLoadWarning, Registry, isolated_registry
+from sbi_plugins.plugin.registry import PluginLoadWarning, Registry, isolated_registry
 from tests.conftest import REPO
 
 COOKIE_FILE = REPO / "plugins/cookie/sbi_plugins_cookie/cookie-categorical.pt"

@@ -14,13 +14,13 @@ import torch
 import sbi_plugins
 from sbi_plugins.cli import CliError, parse_p_outlier
 from sbi_plugins.errors import DataError, SbiPluginsError
-from sbi_plugins.lapse import (
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.likelihoods.lapse import (
     LapseDistribution,
     apply_to_simulations,
     make_lapse,
     mix,
 )
-from sbi_plugins.likelihoods import Likelihood
 
 
 def _ddm():

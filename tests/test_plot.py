@@ -206,9 +206,3 @@ def test_attrs_helpers_read_what_fit_records(ddm_like):
         ddm_like[group].attrs["pooling"] = json.dumps({"v": "partial", "t": "none"})
     assert plot.domain_warnings(ddm_like) == [message]
     assert plot.pooling_of(ddm_like) == {"v": "partial", "t": "none"}
-
-
-def test_old_module_name_still_imports():
-    from sbi_plugins import plots
-
-    assert plots.plot_shrinkage is plot.plot_shrinkage

@@ -14,13 +14,13 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
 import sbi_plugins
-from sbi_plugins import potential as potential_module
 from sbi_plugins.data import prepare_data
 from sbi_plugins.estimators.resolve import shipped_estimator
-from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
-from sbi_plugins.lapse import make_lapse
-from sbi_plugins.likelihoods import Likelihood
-from sbi_plugins.potential import (
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.likelihoods.lapse import make_lapse
+from sbi_plugins.model import potential as potential_module
+from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
+from sbi_plugins.model.potential import (
     HierarchicalPotential,
     compiled_potential,
     worth_compiling,

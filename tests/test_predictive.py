@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 import sbi_plugins
-from sbi_plugins import predictive
 from sbi_plugins.data import prepare_data
+from sbi_plugins.results import predictive
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,7 @@ import torch
 import sbi_plugins
 from sbi_plugins.contract import Observable
 from sbi_plugins.errors import ContractError
-from sbi_plugins.likelihoods import Likelihood
+from sbi_plugins.likelihoods.distribution import Likelihood
 
 
 @pytest.fixture(scope="module")

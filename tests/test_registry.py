@@ -21,7 +21,7 @@ from sbi_plugins.contract import (
     Simulator,
 )
 from sbi_plugins.errors import PluginError
-from sbi_plugins.registry import PluginLoadWarning, Registry, get_registry
+from sbi_plugins.plugin.registry import PluginLoadWarning, Registry, get_registry
 from tests.conftest import REPO
 
 
@@ -159,7 +159,7 @@ def test_a_prior_family_clash_keeps_the_built_in_and_cookies_prior(registry, opt
     import sbi_plugins_cookie
 
     from sbi_plugins.default_plugins.priors import GAMMA
-    from sbi_plugins.hierarchy import plan_parameters
+    from sbi_plugins.model.pooling import plan_parameters
 
     registry.register(sbi_plugins_cookie, name="cookie")
     registry.register(gamma_plugin(**opts), name="impostor")

@@ -15,11 +15,11 @@ import sbi_plugins
 from sbi_plugins.contract import Parameter
 from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import DataError
-from sbi_plugins.hierarchy import POOLING_MODES, normalize_pooling, plan_parameters
-from sbi_plugins.lapse import make_lapse
-from sbi_plugins.likelihoods import Likelihood
+from sbi_plugins.inference.starts import log_density
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.likelihoods.lapse import make_lapse
+from sbi_plugins.model.pooling import POOLING_MODES, normalize_pooling, plan_parameters
 from sbi_plugins.runner import build_model, model_start
-from sbi_plugins.starts import log_density
 
 
 def _ddm():
@@ -84,8 +84,8 @@ def test_the_default_starts_with_the_shipped_estimator_and_fast_guesses(p_outlie
 
 def test_a_formula_with_t_by_subject_starts():
     """The formula path builds its start the same way (t below every RT)."""
-    from sbi_plugins.formula_fit import plan_from_arguments
-    from sbi_plugins.formulas import FormulaModel
+    from sbi_plugins.model.formula_fit import plan_from_arguments
+    from sbi_plugins.model.formulas import FormulaModel
 
     sim = _ddm()
     data = _trials(4)

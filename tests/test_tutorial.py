@@ -52,7 +52,7 @@ def test_the_example_package_is_the_tutorial_verbatim():
 
 
 def test_the_shipped_example_estimator_has_the_recorded_checksum():
-    from sbi_plugins.artifact_format import read_payload
+    from sbi_plugins.estimators.format import read_payload
 
     source = (EXAMPLE / "sbi_plugins_signal" / "__init__.py").read_text()
     recorded = re.search(r'ESTIMATOR_SHA256 = "([0-9a-f]{64})"', source).group(1)

@@ -7,8 +7,14 @@ import torch
 from torch.distributions import Distribution, Gamma, HalfNormal, Normal
 
 from sbi_plugins.contract import Parameter, PriorFamily
-from sbi_plugins.distributions import mean_sd_gamma
-from sbi_plugins.hookspecs import hookimpl
+from sbi_plugins.plugin.hookspecs import hookimpl
+
+
+def mean_sd_gamma(mu: torch.Tensor, sigma: torch.Tensor) -> dist.Gamma:
+    """Gamma parametrized by mean and sd, as in the cookie model:
+    Gamma(mu^2 / sigma^2, mu / sigma^2)."""
+    mu, sigma = torch.as_tensor(mu), torch.as_tensor(sigma)
+    return dist.Gamma(mu**2 / sigma**2, mu / sigma**2)
 
 
 def _t(value: float) -> torch.Tensor:
@@ -55,6 +61,13 @@ GAMMA = PriorFamily(
     default_hyperpriors=gamma_hyperpriors,
     description="Gamma with mean mu and sd sigma, truncated to the training box",
 )
+
+
+def mean_sd_gamma(mu: torch.Tensor, sigma: torch.Tensor) -> dist.Gamma:
+    """Gamma parametrized by mean and sd, as in the cookie model:
+    Gamma(mu^2 / sigma^2, mu / sigma^2)."""
+    mu, sigma = torch.as_tensor(mu), torch.as_tensor(sigma)
+    return dist.Gamma(mu**2 / sigma**2, mu / sigma**2)
 
 
 @hookimpl

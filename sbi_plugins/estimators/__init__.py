@@ -1,14 +1,28 @@
-"""Train, save, load and find likelihood estimators."""
+"""Train, save, load and find likelihood estimators.
 
-from sbi_plugins.estimators.artifact import TrainedEstimator, check_matches, load
-from sbi_plugins.estimators.resolve import cache_dir, resolve_estimator
-from sbi_plugins.estimators.training import train
+Loaded lazily: the registry reads estimator files' metadata (`estimators.format`)
+without importing sbi and torch's trainers."""
 
-__all__ = [
-    "TrainedEstimator",
-    "cache_dir",
-    "check_matches",
-    "load",
-    "resolve_estimator",
-    "train",
-]
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "TrainedEstimator": "sbi_plugins.estimators.artifact",
+    "check_matches": "sbi_plugins.estimators.artifact",
+    "load": "sbi_plugins.estimators.artifact",
+    "cache_dir": "sbi_plugins.estimators.resolve",
+    "resolve_estimator": "sbi_plugins.estimators.resolve",
+    "train": "sbi_plugins.estimators.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'sbi_plugins.estimators' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)

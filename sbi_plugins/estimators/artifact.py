@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from sbi_plugins.artifact_format import (
+from sbi_plugins.contract import Simulator
+from sbi_plugins.errors import EstimatorError
+from sbi_plugins.estimators.format import (
     FORMAT,
     FORMAT_VERSION,
     content_checksum,
     read_payload,
 )
-from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import EstimatorError
 
 
 @dataclass

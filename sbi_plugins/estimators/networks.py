@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbi_plugins.errors import EstimatorError
-from sbi_plugins.reduction import NetworkCondition
+from sbi_plugins.likelihoods.reduction import NetworkCondition
 
 ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
 

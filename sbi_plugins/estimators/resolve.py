@@ -15,7 +15,7 @@ from sbi_plugins.contract import EstimatorRecipe, Simulator
 from sbi_plugins.errors import EstimatorError
 from sbi_plugins.estimators import artifact
 from sbi_plugins.estimators.artifact import TrainedEstimator
-from sbi_plugins.registry import get_registry
+from sbi_plugins.plugin.registry import get_registry
 
 CACHE_ENV = "SBI_PLUGINS_CACHE_DIR"
 

@@ -18,7 +18,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import (
+from sbi_plugins.contract import Simulator
+from sbi_plugins.errors import EstimatorError, SbiPluginsError
+from sbi_plugins.parallel import (
     ClusterError,
     connected,
     finished_in_turn,
@@ -26,8 +28,6 @@ from sbi_plugins.cluster import (
     local_workers,
     task_error,
 )
-from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import EstimatorError, SbiPluginsError
 
 SIMULATION_CHUNK = 10_000
 """Simulations per seeded chunk: part of what the seed means, so changing it changes

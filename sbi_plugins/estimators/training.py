@@ -15,7 +15,6 @@ from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import BatchSampler, DataLoader
 from tqdm.auto import tqdm
 
-from sbi_plugins import reduction
 from sbi_plugins.contract import EstimatorRecipe, Simulator
 from sbi_plugins.errors import EstimatorError
 from sbi_plugins.estimators.artifact import TrainedEstimator, domain_of
@@ -27,6 +26,7 @@ from sbi_plugins.estimators.simulation import (  # noqa: F401 (re-exported)
     simulate_chunk,
     simulate_chunks,
 )
+from sbi_plugins.likelihoods import reduction
 from sbi_plugins.versions import package_versions
 
 NUM_EXAMPLE_ROWS = 64

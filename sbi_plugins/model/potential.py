@@ -30,13 +30,13 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torch.distributions.transforms import Transform
 
-from sbi_plugins.distributions import as_pyro
-from sbi_plugins.lapse import SITE as LAPSE_SITE
-from sbi_plugins.lapse import mix
+from sbi_plugins.likelihoods.lapse import SITE as LAPSE_SITE
+from sbi_plugins.likelihoods.lapse import mix
+from sbi_plugins.model.distributions import as_pyro
 
 if TYPE_CHECKING:
-    from sbi_plugins.hierarchy import HierarchicalModel
-    from sbi_plugins.likelihoods import Likelihood
+    from sbi_plugins.likelihoods.distribution import Likelihood
+    from sbi_plugins.model.pooling import HierarchicalModel
 
 
 def _unchecked(distribution: Distribution) -> Distribution:

@@ -71,7 +71,7 @@ def laplace_start(
     """Per-chain initial values (the mode, jittered by half a posterior sd) in the
     constrained space, and the inverse mass per site; None where it fails. The
     search for the mode starts at `init` (constrained values; see
-    `sbi_plugins.starts`), or where Pyro's default start puts it."""
+    `sbi_plugins.inference.starts`), or where Pyro's default start puts it."""
     torch.manual_seed(seed)
     strategy = {} if init is None else {"init_strategy": init_to_value(values=init)}
     try:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import numpy as np
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import forked_map, local_workers
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
-from sbi_plugins.lapse import Lapse, apply_to_simulations
+from sbi_plugins.likelihoods.lapse import Lapse, apply_to_simulations
+from sbi_plugins.parallel import forked_map, local_workers
 
 ROWS_PER_BATCH = 200_000
 """Draw x row evaluations per batch when scoring or simulating after sampling."""

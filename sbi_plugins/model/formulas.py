@@ -32,10 +32,10 @@ import torch
 
 from sbi_plugins.contract import Parameter, PopulationPrior, Simulator
 from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.hierarchy import typical_value
-from sbi_plugins.lapse import SITE as LAPSE_SITE
-from sbi_plugins.lapse import Lapse, with_lapses
-from sbi_plugins.starts import start_value
+from sbi_plugins.inference.starts import start_value
+from sbi_plugins.likelihoods.lapse import SITE as LAPSE_SITE
+from sbi_plugins.likelihoods.lapse import Lapse, with_lapses
+from sbi_plugins.model.pooling import typical_value
 
 INTERCEPT_SCALE = 1.5
 """Prior sd of an intercept on the link scale: a 94% interval covers ~90% of the box."""
@@ -205,7 +205,7 @@ def _check_columns(rhs: str, name: str, frame: pd.DataFrame) -> None:
     for v in sorted(variables):
         empty = frame[v].isna().to_numpy()
         if empty.any():
-            from sbi_plugins.likelihoods import describe_rows
+            from sbi_plugins.errors import describe_rows
 
             raise FormulaError(
                 f"column {v!r} (in the formula for {name!r}) is empty at "
@@ -391,8 +391,8 @@ class FormulaModel:
             pyro.sample(site, rows, obs=x)
 
     def start(self, ceilings: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        """Constrained starting values (see `sbi_plugins.starts`): every cell at the
-        parameter's typical value, a shift parameter below its ceiling (the least
+        """Constrained starting values (see `sbi_plugins.inference.starts`): every
+        cell at the parameter's typical value, a shift parameter below its ceiling (the least
         over all rows), group terms at small spreads with zero offsets."""
         values: dict[str, torch.Tensor] = {}
         for spec in self.plan.formulas:

@@ -30,8 +30,6 @@ from typing import Any
 
 import pluggy
 
-from sbi_plugins import hookspecs
-from sbi_plugins.artifact_format import read_payload
 from sbi_plugins.contract import (
     CONTRACT_VERSION,
     EstimatorArtifact,
@@ -39,6 +37,8 @@ from sbi_plugins.contract import (
     Simulator,
 )
 from sbi_plugins.errors import ContractError, EstimatorError, PluginError
+from sbi_plugins.estimators.format import read_payload
+from sbi_plugins.plugin import hookspecs
 
 ENTRY_POINT_GROUP = "sbi_plugins"
 LOAD_PLUGINS_ENV = "SBI_PLUGINS_LOAD_PLUGINS"

@@ -38,13 +38,6 @@ def gammainc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (value + (a64 - a_const) * slope).to(torch.promote_types(a.dtype, x.dtype))
 
 
-def mean_sd_gamma(mu: torch.Tensor, sigma: torch.Tensor) -> dist.Gamma:
-    """Gamma parametrized by mean and sd, as in the cookie model:
-    Gamma(mu^2 / sigma^2, mu / sigma^2)."""
-    mu, sigma = torch.as_tensor(mu), torch.as_tensor(sigma)
-    return dist.Gamma(mu**2 / sigma**2, mu / sigma**2)
-
-
 def _gamma_log_mass(
     base: torch.distributions.Gamma, low: torch.Tensor, high: torch.Tensor
 ) -> torch.Tensor:

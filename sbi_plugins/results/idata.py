@@ -11,8 +11,8 @@ import numpy as np
 
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
-from sbi_plugins.hierarchy import ParameterPlan
-from sbi_plugins.sampling import STAT_DTYPES
+from sbi_plugins.inference.nuts import STAT_DTYPES
+from sbi_plugins.model.pooling import ParameterPlan
 
 OBS_DIM = "__obs__"
 

@@ -33,10 +33,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from sbi_plugins import reduction
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import DomainWarning, EstimatorError, PluginError
-from sbi_plugins.registry import get_registry
+from sbi_plugins.likelihoods import reduction
+from sbi_plugins.plugin.registry import get_registry
 
 if TYPE_CHECKING:
     from sbi_plugins.estimators.artifact import TrainedEstimator
@@ -607,7 +607,7 @@ def check_estimator_quality(
     figure is still reported; the exact-likelihood comparison below stays on the
     data's scale, where both densities live.
     """
-    from sbi_plugins.likelihoods import Likelihood
+    from sbi_plugins.likelihoods.distribution import Likelihood
 
     section = "estimator"
     theta, x, dropped = fresh_simulations(
@@ -755,8 +755,8 @@ def draw_sbc_datasets(
     data set each; a data set with a row its true parameters cannot score (NaN,
     outside the support seen in training, no positive excess over a shift
     parameter) is redrawn, and counted: a fit would refuse it or could not start."""
-    from sbi_plugins.distributions import TruncatedToBox
-    from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
+    from sbi_plugins.model.distributions import TruncatedToBox
+    from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
 
     plans = plan_parameters(simulator, normalize_pooling("complete", simulator, False))
     priors = [

@@ -19,7 +19,7 @@ import torch
 from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
 from torch import Tensor
 
-from sbi_plugins import reduction
+from sbi_plugins.likelihoods import reduction
 
 
 def categorical_table(made: torch.nn.Module, theta: Tensor) -> Tensor:
@@ -194,7 +194,8 @@ def mnle_log_prob(
     shape `(..., groups, P)`; returns `(..., rows)`. The networks see one context
     per (draw, group, choice) cell; each row only evaluates its cell's splines.
     The value is shifted and scaled as the network's config says (see
-    `sbi_plugins.reduction`), with probability zero where its excess is not positive."""
+    `sbi_plugins.likelihoods.reduction`), with probability zero where its excess is
+    not positive."""
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
     n = flat.shape[0]

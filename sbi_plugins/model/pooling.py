@@ -24,15 +24,15 @@ import pyro
 import torch
 
 from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
-from sbi_plugins.distributions import SampledBelow, TruncatedToBox, as_pyro
 from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.lapse import SITE as LAPSE_SITE
-from sbi_plugins.lapse import Lapse, with_lapses
-from sbi_plugins.registry import get_registry
-from sbi_plugins.starts import start_value
+from sbi_plugins.inference.starts import start_value
+from sbi_plugins.likelihoods.lapse import SITE as LAPSE_SITE
+from sbi_plugins.likelihoods.lapse import Lapse, with_lapses
+from sbi_plugins.model.distributions import SampledBelow, TruncatedToBox, as_pyro
+from sbi_plugins.plugin.registry import get_registry
 
 if TYPE_CHECKING:
-    from sbi_plugins.likelihoods import Likelihood
+    from sbi_plugins.likelihoods.distribution import Likelihood
 
 POOLING_MODES = ("complete", "none", "partial")
 DEFAULT_FAMILY = "normal"
@@ -231,8 +231,8 @@ class HierarchicalModel:
             pyro.sample(site, rows, obs=x)
 
     def start(self, ceilings: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Constrained starting values of every site (see `sbi_plugins.starts`):
-        typical values, shift parameters below their groups' ceilings, population
+        """Constrained starting values of every site (see
+        `sbi_plugins.inference.starts`): typical values, shift parameters below their groups' ceilings, population
         means and spreads from the group values."""
         values: dict[str, torch.Tensor] = {}
         for plan in self.plans:

@@ -20,7 +20,12 @@ import torch
 
 from sbi_plugins.contract import PopulationPrior, Simulator
 from sbi_plugins.data import PreparedData
-from sbi_plugins.formulas import (
+from sbi_plugins.inference.laplace import laplace_start
+from sbi_plugins.inference.nuts import run_nuts
+from sbi_plugins.inference.starts import StartProblem, chain_starts, shift_ceilings
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.likelihoods.lapse import Lapse, share_draws
+from sbi_plugins.model.formulas import (
     FormulaModel,
     FormulaPlan,
     cell_parameter_draws,
@@ -28,13 +33,8 @@ from sbi_plugins.formulas import (
     normalize_formulas,
     plan_formulas,
 )
-from sbi_plugins.hierarchy import normalize_pooling, plan_parameters
-from sbi_plugins.idata import build_inference_data, log_likelihood_name
-from sbi_plugins.lapse import Lapse, share_draws
-from sbi_plugins.likelihoods import Likelihood
-from sbi_plugins.precondition import laplace_start
-from sbi_plugins.sampling import run_nuts
-from sbi_plugins.starts import StartProblem, chain_starts, shift_ceilings
+from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
+from sbi_plugins.results.idata import build_inference_data, log_likelihood_name
 from sbi_plugins.versions import package_versions
 
 
@@ -76,7 +76,7 @@ def fit_formula_model(
     lapse: Lapse | None = None,
 ) -> az.InferenceData:
     """Sample the formula model and assemble its InferenceData."""
-    from sbi_plugins.predictive import predictive_draws, simulate_predictive
+    from sbi_plugins.results.predictive import predictive_draws, simulate_predictive
     from sbi_plugins.runner import _stack, pointwise_log_likelihood, warn_divergences
 
     site = log_likelihood_name(simulator)

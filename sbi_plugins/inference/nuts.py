@@ -61,7 +61,7 @@ class RecordingNUTS(NUTS):
 
     def _initialize_model_properties(self, model_args: Any, model_kwargs: Any) -> None:
         """Pyro's set-up (initial values, transforms), then the given potential,
-        where there is one, in place of Pyro's (see `sbi_plugins.potential`)."""
+        where there is one, in place of Pyro's (see `sbi_plugins.model.potential`)."""
         super()._initialize_model_properties(model_args, model_kwargs)
         if self._own_potential is not None:
             self.potential_fn = self._own_potential
@@ -197,7 +197,7 @@ def _sample_chain(
         ),
     )
     if job.inverse_mass is not None:
-        from sbi_plugins.precondition import PresetMassMatrix
+        from sbi_plugins.inference.laplace import PresetMassMatrix
 
         kernel.mass_matrix_adapter = PresetMassMatrix(job.inverse_mass)
     total = job.draws + job.tune
@@ -256,8 +256,8 @@ def run_nuts(
     potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
 ) -> list[ChainResult]:
     """Run `chains` NUTS chains, in parallel processes where cores allow; optional
-    per-chain initial values and initial inverse mass (`sbi_plugins.precondition`),
-    and a potential to use in place of Pyro's (`sbi_plugins.potential`)."""
+    per-chain initial values and initial inverse mass (`sbi_plugins.inference.laplace`),
+    and a potential to use in place of Pyro's (`sbi_plugins.model.potential`)."""
     global _JOB
     job = _Job(
         model,

@@ -29,8 +29,8 @@ from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 
 from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import DataError
-from sbi_plugins.likelihoods import Likelihood, describe_rows
+from sbi_plugins.errors import DataError, describe_rows
+from sbi_plugins.likelihoods.distribution import Likelihood
 
 SHIFT_FRACTION = 0.5
 """A shift parameter starts this far from its lower bound towards its ceiling."""

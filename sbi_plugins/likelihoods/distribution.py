@@ -21,21 +21,10 @@ import torch
 from sbi.utils.pyroutils import to_pyro_distribution
 from torch.distributions import constraints
 
-from sbi_plugins import grouped, reduction
 from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import DataError, SbiPluginsError
+from sbi_plugins.errors import DataError, SbiPluginsError, describe_rows
 from sbi_plugins.estimators.artifact import TrainedEstimator
-
-
-def describe_rows(
-    mask: np.ndarray, labels: np.ndarray | None = None, limit: int = 8
-) -> str:
-    """'rows 3, 17 and 2 more': which rows are bad, named by their index labels."""
-    rows = np.flatnonzero(mask)
-    names = [str(labels[i] if labels is not None else i) for i in rows[:limit]]
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    word = "row" if len(rows) == 1 else "rows"
-    return f"{word} {', '.join(names)}{more}"
+from sbi_plugins.likelihoods import grouped, reduction
 
 
 def encode_choices(simulator: Simulator, x: torch.Tensor) -> torch.Tensor:
@@ -252,7 +241,7 @@ class Likelihood:
 
         Where the estimator allows (one count; MNLE with one continuous value) the
         network runs once per group rather than once per row: same numbers, a
-        fraction of the cost (see `sbi_plugins.grouped`).
+        fraction of the cost (see `sbi_plugins.likelihoods.grouped`).
         """
         if self._grouped is not None:
             encoded = encode_choices(self.simulator, x.to(theta.dtype))
@@ -348,7 +337,7 @@ def likelihood(
     """The learned (or, with `exact=True`, the plugin's exact) likelihood of a
     simulator as `theta -> Pyro distribution`, guarded by the training domain."""
     from sbi_plugins.estimators import resolve_estimator
-    from sbi_plugins.registry import get_simulator
+    from sbi_plugins.plugin.registry import get_simulator
 
     simulator = get_simulator(simulator)
     if exact:

@@ -25,7 +25,10 @@ import arviz as az
 import pandas as pd
 from tqdm.auto import tqdm
 
-from sbi_plugins.cluster import (
+from sbi_plugins.contract import Simulator
+from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
+from sbi_plugins.parallel import (
     WorkerDied,
     exit_cause,
     finished_in_turn,
@@ -34,10 +37,7 @@ from sbi_plugins.cluster import (
     local_workers,
     task_error,
 )
-from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
-from sbi_plugins.registry import get_simulator
+from sbi_plugins.plugin.registry import get_simulator
 
 Dataset = pd.DataFrame | str | Path
 

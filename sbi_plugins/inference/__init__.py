@@ -1,0 +1,1 @@
+"""Inference methods behind one interface (NUTS today), with the starts they use."""

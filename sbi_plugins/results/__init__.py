@@ -1,0 +1,1 @@
+"""Draws and data -> InferenceData: pointwise log-likelihood, predictive, comparison."""
