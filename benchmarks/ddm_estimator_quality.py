@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 import sbi_plugins
+from sbi_plugins.estimators.sbi_internals import first_variable_logits, mnle_parts
 from sbi_plugins.estimators.training import drop_invalid
 
 
@@ -28,11 +29,9 @@ def p_upper(v: np.ndarray, a: np.ndarray, z: np.ndarray) -> np.ndarray:
 
 def choice_logit_error(neural, theta: np.ndarray) -> np.ndarray:
     """Learned minus exact logit of P(response = +1) at each parameter row."""
-    net = neural._net.discrete_net.net
+    made = mnle_parts(neural._net).choice_net
     with torch.no_grad():
-        logits = net.forward(
-            torch.zeros(len(theta), 1), condition=torch.as_tensor(theta).float()
-        )
+        logits = first_variable_logits(made, torch.as_tensor(theta).float())
     learned = (logits[:, 1] - logits[:, 0]).double().numpy()
     p = p_upper(*theta[:, :3].T)
     return learned - np.log(p / (1 - p))

@@ -355,3 +355,27 @@ def test_train_checks_the_simulator_at_the_box_corners_first(simulate, problem):
     simulator = dataclasses.replace(_flat_simulator(), simulate=simulate)
     with pytest.raises(EstimatorError, match=problem):
         train(simulator, num_simulations=200, progress=False)
+
+
+def test_training_leaves_the_global_rng_and_repeats_with_its_seed(cookie):
+    """The seed seeds training only: the caller's torch RNG is left as it was, the
+    same seed gives the same weights, and another seed other weights."""
+    tiny = {
+        "num_simulations": 2000,
+        "progress": False,
+        "hidden_features": 8,
+        "max_num_epochs": 2,
+        "training_batch_size": 256,
+    }
+
+    def weights(estimator):
+        return [v.clone() for _, v in sorted(estimator.net.state_dict().items())]
+
+    torch.manual_seed(7)
+    state = torch.get_rng_state()
+    first = weights(train(cookie, seed=11, **tiny))
+    assert torch.equal(torch.get_rng_state(), state)
+    again = weights(train(cookie, seed=11, **tiny))
+    other = weights(train(cookie, seed=12, **tiny))
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbi_plugins.errors import EstimatorError
+from sbi_plugins.estimators.sbi_internals import mnle_parts, replace_choice_net
 from sbi_plugins.likelihoods.reduction import NetworkCondition
 
 ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
@@ -91,22 +92,24 @@ def build_mixed(config: dict[str, Any], theta: Tensor, x: Tensor) -> nn.Module:
         )
     activation = config.get("discrete_activation")
     if activation is not None:
+        embedding = mnle_parts(mixed).theta_embedding
         # sbi builds the choice net with ReLU; a smooth activation halves its
         # error in the choice logit at the same budget (DDM, 1M simulations)
         categories = torch.tensor(config["num_categories"])
         made = CategoricalMADE(
             num_categories=categories,
             num_hidden_features=config["hidden_features"],
-            num_context_features=_context_features(mixed.condition_embedding, theta),
+            num_context_features=_context_features(embedding, theta),
             num_blocks=2,
             activation=ACTIVATIONS[activation],
-            embedding_net=mixed.condition_embedding,
+            embedding_net=embedding,
         )
-        mixed.discrete_net = CategoricalMassEstimator(
+        choice = CategoricalMassEstimator(
             made,
             input_shape=torch.Size([len(categories)]),
             condition_shape=theta[0].shape,
         )
+        replace_choice_net(mixed, choice)
     return mixed
 
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import torch
-from sbi.inference import NLE
 from sbi.utils import BoxUniform
 from torch.optim.lr_scheduler import CosineAnnealingLR
 from torch.utils.data import BatchSampler, DataLoader
@@ -19,6 +20,13 @@ from sbi_plugins.contract import EstimatorRecipe, Simulator
 from sbi_plugins.errors import EstimatorError
 from sbi_plugins.estimators.artifact import TrainedEstimator, domain_of
 from sbi_plugins.estimators.networks import build_network
+from sbi_plugins.estimators.sbi_internals import (
+    EpochHookedNLE,
+    check_sbi_internals,
+    first_variable_logits,
+    loader_tensors,
+    mnle_parts,
+)
 from sbi_plugins.estimators.simulation import (  # noqa: F401 (re-exported)
     SIMULATION_CHUNK,
     check_simulator_output,
@@ -40,7 +48,7 @@ TRAINING_OPTIONS = (
 """Recipe options that steer training, not the network's shape."""
 
 
-class BatchedNLE(NLE):
+class BatchedNLE(EpochHookedNLE):
     """sbi's NLE trainer, fed whole batches, with a cosine learning-rate decay.
 
     sbi's loaders fetch and collate one row at a time, which costs far more than a
@@ -52,21 +60,20 @@ class BatchedNLE(NLE):
     """
 
     epoch_budget: int = 100
-    _scheduler: CosineAnnealingLR | None = None
+    scheduler: CosineAnnealingLR | None = None
 
-    def _train_epoch(self, *args: Any, **kwargs: Any) -> float:
-        if self._scheduler is None or self._scheduler.optimizer is not self.optimizer:
-            self._scheduler = CosineAnnealingLR(self.optimizer, T_max=self.epoch_budget)
-        loss = super()._train_epoch(*args, **kwargs)
-        self._scheduler.step()
-        return loss
+    def on_epoch_start(self, optimizer: torch.optim.Optimizer) -> None:
+        if self.scheduler is None or self.scheduler.optimizer is not optimizer:
+            self.scheduler = CosineAnnealingLR(optimizer, T_max=self.epoch_budget)
 
-    def get_dataloaders(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
-        train_loader, val_loader = super().get_dataloaders(*args, **kwargs)
-        return _IndexedBatches(train_loader), _IndexedBatches(val_loader)
+    def on_epoch_end(self) -> None:
+        self.scheduler.step()
+
+    def wrap_loader(self, loader: DataLoader) -> IndexedBatches:
+        return IndexedBatches(loader)
 
 
-class _NoTracker:
+class NoTracker:
     """sbi logs to TensorBoard in ./sbi-logs by default; a library must not write
     into the user's working directory. The training summary goes into the
     estimator's metadata instead."""
@@ -89,11 +96,11 @@ class _NoTracker:
         pass
 
 
-class _IndexedBatches:
+class IndexedBatches:
     """Iterates a DataLoader's batches by indexing its tensors with whole batches."""
 
     def __init__(self, loader: DataLoader) -> None:
-        self.tensors = loader.dataset.tensors
+        self.columns = loader_tensors(loader)
         self.batch_size = loader.batch_size
         self.batches = BatchSampler(loader.sampler, loader.batch_size, loader.drop_last)
 
@@ -103,7 +110,20 @@ class _IndexedBatches:
     def __iter__(self):
         for indices in self.batches:
             index = torch.as_tensor(indices)
-            yield tuple(t[index] for t in self.tensors)
+            yield tuple(t[index] for t in self.columns)
+
+
+@contextlib.contextmanager
+def seeded_torch(seed: int, device: torch.device) -> Iterator[None]:
+    """torch's RNGs seeded with `seed` inside, the user's state restored after:
+    training is reproducible without reseeding the caller's global RNG."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def simulate_training_data(
@@ -310,9 +330,12 @@ def train(
 
     The simulator is first run at the training box's corners and centre
     (`check_simulator_output`): output training cannot use is refused in one line
-    before the budget is spent.
+    before the budget is spent. The seed also seeds torch inside a fork of its RNG:
+    the same seed gives the same network, and the caller's global RNG state is left
+    as it was.
     """
     target = training_device(device)
+    check_sbi_internals("training")
     recipe = training_recipe(
         simulator, recipe, num_simulations=num_simulations, **recipe_overrides
     )
@@ -335,56 +358,56 @@ def train(
     theta = torch.as_tensor(theta_np, dtype=torch.float32)
     x = torch.as_tensor(encode_for_network(simulator, x_np), dtype=torch.float32)
 
-    torch.manual_seed(seed)
-    prior = BoxUniform(
-        torch.as_tensor(simulator.lower, dtype=torch.float32),
-        torch.as_tensor(simulator.upper, dtype=torch.float32),
-        device=str(target),
-    )
-    trainer = BatchedNLE(
-        prior=prior,
-        density_estimator=lambda t, xx: build_network(kind, config, t, xx),
-        device=str(target),
-        show_progress_bars=progress,
-        tracker=_NoTracker(),
-    )
-    trainer.epoch_budget = recipe.max_num_epochs
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*mixed neural density.*")
-        # the cosine schedule ends at max_num_epochs by design, not for lack of time
-        warnings.filterwarnings("ignore", message="Maximum number of epochs")
-        net = trainer.append_simulations(theta, x).train(
-            training_batch_size=recipe.training_batch_size,
-            learning_rate=recipe.learning_rate,
-            max_num_epochs=recipe.max_num_epochs,
-            stop_after_epochs=recipe.stop_after_epochs,
-            show_train_summary=False,
+    with seeded_torch(seed, target):
+        prior = BoxUniform(
+            torch.as_tensor(simulator.lower, dtype=torch.float32),
+            torch.as_tensor(simulator.upper, dtype=torch.float32),
+            device=str(target),
         )
-    refinement = None
-    if kind == "mnle" and recipe.options.get("choice_simulations"):
-        refinement = refine_choice_net(
-            net,
-            simulator,
-            num_simulations=int(recipe.options["choice_simulations"]),
-            epochs=int(recipe.options.get("choice_epochs", 8)),
-            seed=seed + 1,
-            progress=progress,
-            client=client,
-            workers=workers,
+        trainer = BatchedNLE(
+            prior=prior,
+            density_estimator=lambda t, xx: build_network(kind, config, t, xx),
+            device=str(target),
+            show_progress_bars=progress,
+            tracker=NoTracker(),
         )
-    flow_refinement = None
-    if kind == "mnle" and recipe.options.get("flow_simulations"):
-        flow_refinement = refine_flow(
-            net,
-            simulator,
-            config,
-            num_simulations=int(recipe.options["flow_simulations"]),
-            epochs=int(recipe.options.get("flow_epochs", 4)),
-            seed=seed + 2,
-            progress=progress,
-            client=client,
-            workers=workers,
-        )
+        trainer.epoch_budget = recipe.max_num_epochs
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*mixed neural density.*")
+            # the cosine schedule ends at max_num_epochs by design, not for lack of time
+            warnings.filterwarnings("ignore", message="Maximum number of epochs")
+            net = trainer.append_simulations(theta, x).train(
+                training_batch_size=recipe.training_batch_size,
+                learning_rate=recipe.learning_rate,
+                max_num_epochs=recipe.max_num_epochs,
+                stop_after_epochs=recipe.stop_after_epochs,
+                show_train_summary=False,
+            )
+        refinement = None
+        if kind == "mnle" and recipe.options.get("choice_simulations"):
+            refinement = refine_choice_net(
+                net,
+                simulator,
+                num_simulations=int(recipe.options["choice_simulations"]),
+                epochs=int(recipe.options.get("choice_epochs", 8)),
+                seed=seed + 1,
+                progress=progress,
+                client=client,
+                workers=workers,
+            )
+        flow_refinement = None
+        if kind == "mnle" and recipe.options.get("flow_simulations"):
+            flow_refinement = refine_flow(
+                net,
+                simulator,
+                config,
+                num_simulations=int(recipe.options["flow_simulations"]),
+                epochs=int(recipe.options.get("flow_epochs", 4)),
+                seed=seed + 2,
+                progress=progress,
+                client=client,
+                workers=workers,
+            )
     net = net.to("cpu").eval()
     summary = trainer.summary
     metadata = {
@@ -448,16 +471,14 @@ def refine_choice_net(
         workers=workers,
     )
     theta_np, x_np = drop_invalid(theta_np, x_np)
-    made = net.discrete_net.net
+    made = mnle_parts(net).choice_net
     device = next(made.parameters()).device
     choice = torch.as_tensor(encode_for_network(simulator, x_np)[:, -1]).long()
     choice = choice.to(device)
     theta = torch.as_tensor(theta_np, dtype=torch.float32, device=device)
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
-        logits = made.forward(
-            torch.zeros(len(rows), 1, device=device), condition=theta[rows]
-        )
+        logits = first_variable_logits(made, theta[rows])
         return torch.nn.functional.cross_entropy(logits, choice[rows])
 
     return _refine(
@@ -510,8 +531,9 @@ def refine_flow(
     x = torch.as_tensor(
         encode_for_network(simulator, x_np), dtype=torch.float32, device=device
     )
-    trained = [net.continuous_net, net.condition_embedding]
-    for parameter in net.discrete_net.parameters():
+    parts = mnle_parts(net)
+    trained = [parts.flow_estimator, parts.theta_embedding]
+    for parameter in parts.choice_estimator.parameters():
         parameter.requires_grad_(False)
 
     def loss_of(rows: torch.Tensor) -> torch.Tensor:
@@ -531,7 +553,7 @@ def refine_flow(
             progress=progress,
         )
     finally:
-        for parameter in net.discrete_net.parameters():
+        for parameter in parts.choice_estimator.parameters():
             parameter.requires_grad_(True)
 
 

@@ -24,6 +24,7 @@ from torch.distributions import constraints
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import DataError, SbiPluginsError, describe_rows
 from sbi_plugins.estimators.artifact import TrainedEstimator
+from sbi_plugins.estimators.sbi_internals import check_sbi_internals, sbi_version
 from sbi_plugins.likelihoods import grouped, reduction
 
 
@@ -184,6 +185,19 @@ class GroupedRows(dist.TorchDistribution):
         return torch.where(self.inside, lp, torch.full_like(lp, -math.inf))
 
 
+def _mismatch(fast: torch.Tensor, slow: torch.Tensor) -> str:
+    """How a fast path's numbers differ from sbi's, in a few words."""
+    if fast.shape != slow.shape:
+        return f"shape {tuple(fast.shape)} instead of {tuple(slow.shape)}"
+    if torch.isnan(fast).any():
+        return "NaN in its log-probability"
+    finite = torch.isfinite(fast)
+    if not torch.equal(finite, torch.isfinite(slow)):
+        return "infinite where sbi's is finite, or the reverse"
+    error = float((fast - slow)[finite].abs().max()) if finite.any() else 0.0
+    return f"off by up to {error:.3g} in log-probability"
+
+
 def _frozen(net: torch.nn.Module) -> torch.nn.Module:
     """A copy without weight gradients: inference never needs them, NUTS's JIT
     cannot trace weights that require them, and backward passes get cheaper."""
@@ -215,6 +229,8 @@ class Likelihood:
         self.high = torch.tensor(simulator.upper, dtype=torch.float64)
         self.event_shape = torch.Size([len(simulator.observables)])
         self._checked: dict[int, tuple[weakref.ref, int]] = {}
+        if not self.exact:
+            check_sbi_internals()
         self._network = {} if self.exact else estimator.metadata["network"]
         self._grouped = None if self.exact else self._choose_grouped_path()
 
@@ -251,7 +267,8 @@ class Likelihood:
 
     def _choose_grouped_path(self):
         """The per-group path for this estimator, if it gives row-by-row numbers on
-        a random check (a changed sbi internal would fail here, not silently)."""
+        a random check (a changed sbi internal would fail here, not silently); where
+        it does not, the warning says why and scoring goes row by row."""
         kind = self.estimator.kind
         if kind == "categorical" and len(self.simulator.observables) == 1:
             candidate = grouped.count_log_prob
@@ -273,13 +290,18 @@ class Likelihood:
                 encoded = encode_choices(self.simulator, x)
                 fast = candidate(self._net, theta, index, encoded, self._network)
                 slow = self.log_prob(theta[index], x)
-            if torch.allclose(fast.double(), slow, rtol=1e-4, atol=1e-4):
+            fast = fast.double()
+            if fast.shape == slow.shape and torch.allclose(
+                fast, slow, rtol=1e-4, atol=1e-4
+            ):
                 return candidate
-        except Exception:  # an sbi/nflows internal changed: fall back, row by row
-            pass
+            reason = _mismatch(fast, slow)
+        except Exception as exc:  # an sbi/nflows internal changed
+            reason = f"it failed with {type(exc).__name__}: {exc}"
         warnings.warn(
             f"{self.simulator.name}: the per-group scoring path does not reproduce "
-            "sbi's log_prob with this sbi version; scoring row by row (slower)",
+            f"sbi's log_prob with sbi {sbi_version()} ({reason}); scoring row by "
+            "row (same numbers, slower)",
             stacklevel=3,
         )
         return None

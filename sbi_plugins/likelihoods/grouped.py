@@ -6,7 +6,10 @@ probability from theta alone, and MNLE's flow for a one-dimensional reaction tim
 takes its spline parameters from (theta, choice) alone. Here the networks run once
 per group (and choice); each row then only picks from a table, or pushes its own
 value through the splines. The numbers are those of sbi's `log_prob` (the
-`Likelihood` checks that on random points before using these paths).
+`Likelihood` checks that on random points before using these paths, and
+`sbi_internals.check_sbi_internals` on tiny networks once per process). The
+networks' parts come from `sbi_plugins.estimators.sbi_internals`; the spline maths
+(nflows' formulas, batched) is ours.
 """
 
 from __future__ import annotations
@@ -16,18 +19,26 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from nflows.transforms.coupling import PiecewiseRationalQuadraticCouplingTransform
 from torch import Tensor
 
+from sbi_plugins.estimators.sbi_internals import (
+    FlowParts,
+    SplineSettings,
+    SplineStep,
+    first_variable_logits,
+    is_mnle,
+    mass_net,
+    mnle_parts,
+    num_variables,
+)
 from sbi_plugins.likelihoods import reduction
 
 
 def categorical_table(made: torch.nn.Module, theta: Tensor) -> Tensor:
     """log-probabilities of all categories of a one-variable CategoricalMADE,
-    shape `(*theta.shape[:-1], K)`. The first variable's logits depend on the
-    condition only, so a zero input gives them all."""
+    shape `(*theta.shape[:-1], K)`."""
     flat = theta.reshape(-1, theta.shape[-1]).float()
-    logits = made.forward(torch.zeros(len(flat), 1), condition=flat)
+    logits = first_variable_logits(made, flat)
     return torch.log_softmax(logits, dim=-1).reshape(*theta.shape[:-1], -1)
 
 
@@ -39,7 +50,7 @@ def count_log_prob(
     network: Mapping[str, Any] | None = None,
 ) -> Tensor:
     """Rows of counts `x[:, 0]` under a CategoricalMassEstimator, per group."""
-    table = categorical_table(net.net, theta)
+    table = categorical_table(mass_net(net), theta)
     # one flat index per row: a single gather (and scatter-add backwards)
     cell = group_index * table.shape[-1] + x[..., 0].long()
     return (
@@ -49,45 +60,48 @@ def count_log_prob(
     )
 
 
-SPLINE = PiecewiseRationalQuadraticCouplingTransform
-STACKED = "_sbi_plugins_stacked_layers"
+STACKED = "stacked_layers"
+
+
+def mnle_path_unsupported(net: torch.nn.Module) -> str | None:
+    """Why `mnle_log_prob` cannot score this estimator, or None if it can. Only a
+    one-dimensional continuous part has context-only spline parameters, and the
+    splines must share their settings to have their tables built together."""
+    if not is_mnle(net):
+        return f"a {type(net).__name__} is not an MNLE"
+    parts = mnle_parts(net)
+    if parts.flow is None:
+        return "its continuous part is not an nflows flow"
+    if num_variables(parts.choice_net) != 1:
+        return "it has more than one choice variable"
+    if net.input_shape != torch.Size([2]):
+        return f"its input has shape {tuple(net.input_shape)}, not (value, choice)"
+    if not parts.flow.standard_normal_base:
+        return "its flow's base distribution is not a standard normal"
+    splines = parts.flow.splines
+    if not splines:
+        return "its flow has no rational-quadratic splines"
+    if len({s.settings for s in splines}) != 1:  # one table build serves them all
+        return "its splines differ in their settings"
+    if splines[0].settings.context_width is None:
+        return "its spline context net does not say its width"
+    return None
 
 
 def supports_mnle(net: torch.nn.Module) -> bool:
-    """Only a one-dimensional continuous part has context-only spline parameters,
-    and the splines must share their settings to have their tables built together."""
-    flow = getattr(getattr(net, "continuous_net", None), "net", None)
-    if flow is None or getattr(net.discrete_net.net, "num_variables", 0) != 1:
-        return False
-    if net.input_shape != torch.Size([2]):
-        return False
-    splines = [t for t in flow._transform._transforms if isinstance(t, SPLINE)]
-    settings = {
-        (
-            t.num_bins,
-            t.tail_bound,
-            t.min_bin_width,
-            t.min_bin_height,
-            t.min_derivative,
-            getattr(t.transform_net, "hidden_features", None),
-        )
-        for t in splines
-    }
-    return len(settings) == 1  # one table build serves them all
+    return mnle_path_unsupported(net) is None
 
 
-def _stacked_layers(splines: list) -> list[tuple[Tensor, Tensor]] | None:
+def _stacked_layers(flow: FlowParts) -> list[tuple[Tensor, Tensor]] | None:
     """The splines' context networks (Linear/ReLU stacks of equal shapes) as one
     batched network: weights `(T, in, out)`, biases `(T, 1, out)`. One batched
     matmul per layer replaces one per layer and spline. None where the networks
-    are not plain Linear/ReLU stacks of one shape. Kept on the first spline (not
-    in a module-level table, which `torch.compile` would guard on)."""
-    key = splines[0]
-    if hasattr(key, STACKED):
-        return getattr(key, STACKED)
+    are not plain Linear/ReLU stacks of one shape. Kept with the flow's parts."""
+    if STACKED in flow.derived:
+        return flow.derived[STACKED]
     layers = None
-    nets = [getattr(t.transform_net, "spline_predictor", None) for t in splines]
-    if all(isinstance(n, torch.nn.Sequential) for n in nets):
+    nets = [s.predictor for s in flow.splines]
+    if all(n is not None for n in nets):
         shapes = {tuple(type(m).__name__ for m in n) for n in nets}
         kinds = next(iter(shapes)) if len(shapes) == 1 else ()
         if kinds and set(kinds) <= {"Linear", "ReLU"} and kinds[-1] == "Linear":
@@ -100,16 +114,17 @@ def _stacked_layers(splines: list) -> list[tuple[Tensor, Tensor]] | None:
                     )
                     for i in linear
                 ]
-    object.__setattr__(key, STACKED, layers)  # a cache, not a submodule
+    flow.derived[STACKED] = layers
     return layers
 
 
-def _all_spline_params(splines: list, context: Tensor) -> Tensor:
+def _all_spline_params(flow: FlowParts, context: Tensor) -> Tensor:
     """Every spline's unnormalized parameters, `(T * cells, 3K - 1)`, in one pass
     where the networks allow (see `_stacked_layers`), else one by one."""
-    layers = _stacked_layers(splines)
+    splines = flow.splines
+    layers = _stacked_layers(flow)
     if layers is None:
-        return torch.cat([t.transform_net(context[:, :0], context) for t in splines])
+        return torch.cat([s.unnormalized_parameters(context) for s in splines])
     hidden = context.expand(len(splines), *context.shape)
     for i, (weight, bias) in enumerate(layers):
         hidden = torch.baddbmm(bias, hidden, weight)
@@ -118,21 +133,19 @@ def _all_spline_params(splines: list, context: Tensor) -> Tensor:
     return hidden.reshape(-1, hidden.shape[-1])
 
 
-def _spline_tables(
-    transform: PiecewiseRationalQuadraticCouplingTransform, params: Tensor
-) -> Tensor:
+def _spline_tables(settings: SplineSettings, params: Tensor) -> Tensor:
     """Knots of one linear-tailed rational-quadratic spline per row of `params`
     (the context network's output), as nflows builds them, stacked as
     `(rows, 4, K+1)`: cumulative widths, cumulative heights, knot derivatives and
     bin slopes (the last padded by one). One table lets each row fetch everything
     it needs with one index and one gather. All splines of a flow share the
     settings read here, so their tables are built together."""
-    bins = transform.num_bins
-    scale = math.sqrt(transform.transform_net.hidden_features)
+    bins = settings.bins
+    scale = math.sqrt(settings.context_width)
     widths, heights = params[:, :bins] / scale, params[:, bins : 2 * bins] / scale
-    edge = math.log(math.exp(1 - transform.min_derivative) - 1)
+    edge = math.log(math.exp(1 - settings.min_slope) - 1)
     slopes = torch.nn.functional.pad(params[:, 2 * bins :], (1, 1), value=edge)
-    bound = transform.tail_bound
+    bound = settings.bound
 
     def knots(unnormalized: Tensor, minimum: float) -> Tensor:
         size = minimum + (1 - minimum * bins) * torch.softmax(unnormalized, dim=-1)
@@ -142,9 +155,9 @@ def _spline_tables(
             [cum[:, :1] * 0 - bound, cum[:, 1:-1], cum[:, -1:] * 0 + bound], 1
         )
 
-    cumwidths = knots(widths, transform.min_bin_width)
-    cumheights = knots(heights, transform.min_bin_height)
-    derivatives = transform.min_derivative + torch.nn.functional.softplus(slopes)
+    cumwidths = knots(widths, settings.min_width)
+    cumheights = knots(heights, settings.min_height)
+    derivatives = settings.min_slope + torch.nn.functional.softplus(slopes)
     delta = (cumheights[:, 1:] - cumheights[:, :-1]) / (
         cumwidths[:, 1:] - cumwidths[:, :-1]
     )
@@ -199,11 +212,13 @@ def mnle_log_prob(
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
     n = flat.shape[0]
-    logits = net.discrete_net.net.forward(torch.zeros(n, 1), condition=flat)
+    parts = mnle_parts(net)
+    flow = parts.flow
+    logits = first_variable_logits(parts.choice_net, flat)
     choices = logits.shape[-1]  # a static shape, where the buffer would be data
     choice_table = torch.log_softmax(logits, dim=-1).reshape(-1)  # (n * C,)
 
-    embedded = net.condition_embedding(flat)
+    embedded = parts.theta_embedding(flat)
     codes = torch.arange(choices, dtype=embedded.dtype)
     combined = torch.cat(
         [
@@ -212,8 +227,7 @@ def mnle_log_prob(
         ],
         dim=-1,
     ).reshape(n * choices, -1)
-    flow = net.continuous_net.net
-    context = flow._embedding_net(combined)  # one row per (draw, group, choice)
+    context = flow.context_net(combined)  # one row per (draw, group, choice)
 
     rows = int(group_index.shape[0])
     cell = group_index * choices + x[:, 1].long()  # (rows,) within one draw
@@ -226,7 +240,7 @@ def mnle_log_prob(
     if log_scale is not None:
         log_scale = log_scale.expand(*batch, rows).reshape(-1).float()
     jacobian = None  # log |d z / d value| beyond the flow's own
-    if net.log_transform_input:
+    if parts.log_value:
         # z = log((x - t) / s): the shift and scale's Jacobian and the log's
         # together are 1 / (x - t), whatever the scale
         log_value = value.log()
@@ -237,14 +251,13 @@ def mnle_log_prob(
     else:
         z = value
     logdet = torch.zeros_like(z)
-    transforms = flow._transform._transforms
-    splines = [t for t in transforms if isinstance(t, SPLINE)]
-    tables = _spline_tables(splines[0], _all_spline_params(splines, context))
-    tables = tables.reshape(len(splines), -1, *tables.shape[1:])
-    for transform in transforms:
-        if isinstance(transform, SPLINE):
-            table = tables[splines.index(transform)]
-            z, step = _spline_forward(table, cell, z, transform.tail_bound)
+    tables = _spline_tables(flow.splines[0].settings, _all_spline_params(flow, context))
+    tables = tables.reshape(len(flow.splines), -1, *tables.shape[1:])
+    for transform in flow.steps:
+        if isinstance(transform, SplineStep):
+            table = tables[transform.index]
+            bound = transform.settings.bound
+            z, step = _spline_forward(table, cell, z, bound)
         else:
             out, step = transform(z[:, None])
             z = out[:, 0]
