@@ -369,6 +369,28 @@ class Simulator:
             )
 
 
+def outside_support(simulator: Simulator, x: np.ndarray) -> np.ndarray:
+    """Per row and observable: a finite value the observable's declared support (or
+    codes, or integrality) does not allow; the data checks would refuse it.
+
+    Here, beside the declaration it reads, so that training (which refuses such
+    output) and `sbi-plugins check` (which reports it) apply one rule."""
+    bad = np.zeros(x.shape, dtype=bool)
+    for j, obs in enumerate(simulator.observables):
+        column = x[:, j]
+        finite = np.isfinite(column)
+        if obs.kind == "continuous":
+            out = (column <= obs.lower) | (column >= obs.upper)
+        else:
+            out = (column < obs.lower) | (column > obs.upper)
+        if obs.kind == "count":
+            out |= column != np.round(column)
+        elif obs.kind == "choice":
+            out |= ~np.isin(column, obs.codes)
+        bad[:, j] = finite & out
+    return bad
+
+
 @dataclass(frozen=True)
 class EstimatorArtifact:
     """A trained estimator file a plugin ships, with the checksum it must have."""

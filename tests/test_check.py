@@ -1,5 +1,8 @@
 """`sbi-plugins check`: each check passes a good simulator and fails the fault it is
-there to catch, with a message that says what to do; exit codes 0, 1 and 2."""
+there to catch, with a message that says what to do; exit codes 0, 1 and 2.
+
+Sections follow the modules of `sbi_plugins.check`: report, contract, estimator,
+calibration, then the entry point end to end and the command line."""
 
 from __future__ import annotations
 
@@ -71,6 +74,34 @@ def message(report: CheckReport, name: str) -> str:
 
 def contract_only(simulator: Simulator) -> CheckReport:
     return check_simulator(simulator, sbc=None, simulations=500)
+
+
+# -- the report ----------------------------------------------------------------------
+
+
+def test_the_report_renders_its_verdict_and_strict_json():
+    report = CheckReport("toy", "1", "plugin toy")
+    report.add(
+        "contract", "a", PASS, "fine", value=np.float64(np.nan), ranks=np.arange(3)
+    )
+    report.add("contract", "b", WARN, "close")
+    report.add("estimator", "c", SKIP, "none")
+    assert report.ok
+    assert (
+        report.format()
+        .splitlines()[-1]
+        .startswith("all 2 checks passed (1 warnings, 1 skipped) in")
+    )
+    report.add("estimator", "d", FAIL, "bad")
+    data = json.loads(json.dumps(report.to_dict(), allow_nan=False))
+    assert data["ok"] is False and data["failed"] == ["estimator/d"]
+    assert data["checks"][0]["values"] == {"value": None, "ranks": [0, 1, 2]}
+    text = report.format()
+    assert "\nestimator\n  SKIP  c: none\n  FAIL  d: bad\n" in text
+    assert "FAILED: estimator/d (1 warnings, 1 skipped)" in text
+
+
+# -- contract ------------------------------------------------------------------------
 
 
 def test_a_good_simulator_passes_the_contract_and_skips_what_it_lacks(registry):
@@ -194,6 +225,35 @@ def test_an_exact_likelihood_that_disagrees_or_has_no_gradient_fails():
 
     report = contract_only(gauss(log_likelihood=numpy_only))
     assert "no finite gradient" in message(report, "exact likelihood")
+
+
+def test_outside_support_is_the_contracts_rule_shared_with_training():
+    """One rule, in `sbi_plugins.contract`: open bounds for continuous values,
+    integers for counts, declared codes for choices; NaN is not its business."""
+    import sbi_plugins.check
+    import sbi_plugins.contract
+
+    assert sbi_plugins.check.outside_support is sbi_plugins.contract.outside_support
+    simulator = gauss(
+        observables=(
+            Observable("y", "continuous", lower=0.0),
+            Observable("n", "count", upper=10),
+            Observable("c", "choice", codes=(-1, 1)),
+        ),
+        log_likelihood=None,
+    )
+    x = np.array(
+        [
+            [0.5, 3.0, 1.0],  # all fine
+            [0.0, 10.0, -1.0],  # y at its open lower bound
+            [np.nan, 2.5, 0.0],  # n not an integer, c not a code; NaN is not flagged
+            [1.0, 11.0, 1.0],  # n above its upper bound
+        ]
+    )
+    expected = [[0, 0, 0], [1, 0, 0], [0, 1, 1], [0, 1, 0]]
+    assert sbi_plugins.contract.outside_support(simulator, x).tolist() == (
+        np.array(expected, dtype=bool).tolist()
+    )
 
 
 # -- estimator checks, with the tutorial plugin's shipped estimator -----------------
@@ -402,6 +462,53 @@ def test_sbc_data_sets_have_a_positive_excess_over_their_shift(delay_estimator):
     assert ((x >= low) & (x <= high)).all()
 
 
+def test_the_pooled_prior_has_one_prior_inside_the_box_per_parameter():
+    from sbi_plugins.check.calibration import pooled_prior
+
+    priors = pooled_prior(DELAY)
+    assert len(priors) == len(DELAY.parameters)
+    torch.manual_seed(0)
+    for prior, parameter in zip(priors, DELAY.parameters, strict=True):
+        draws = prior.sample((500,))
+        assert draws.shape == (500,)
+        assert (draws >= parameter.lower).all() and (draws <= parameter.upper).all()
+        assert draws.std() > 0.05 * parameter.width  # a prior, not a point
+
+
+def test_sbc_true_values_come_from_the_pooled_prior(delay_estimator, monkeypatch):
+    """`pooled_prior` is the one place SBC learns its prior from the model."""
+    from torch.distributions import Uniform
+
+    from sbi_plugins.check import calibration
+
+    narrow = [Uniform(0.30, 0.31), Uniform(1.70, 1.71)]
+    monkeypatch.setattr(calibration, "pooled_prior", lambda simulator: narrow)
+    truth, _, _ = calibration.draw_sbc_datasets(
+        DELAY, delay_estimator, SbcSettings(datasets=5, trials=4), 0
+    )
+    assert truth.shape == (5, 2)
+    assert ((truth[:, 0] >= 0.30) & (truth[:, 0] <= 0.31)).all()
+    assert ((truth[:, 1] >= 1.70) & (truth[:, 1] <= 1.71)).all()
+
+
+@pytest.mark.parametrize(
+    "mean,sd,hint",
+    [
+        (0.8, 0.2, "true values sit above most posterior draws (posterior too low)"),
+        (0.2, 0.2, "true values sit below most posterior draws (posterior too high)"),
+        (0.5, 0.4, "ranks pile up at the ends (posteriors too narrow)"),
+        (0.5, 0.1, "ranks pile up in the middle (posteriors too wide)"),
+    ],
+)
+def test_a_failed_rank_test_is_diagnosed(mean, sd, hint):
+    from sbi_plugins.check import diagnose
+
+    assert diagnose(mean, sd) == (
+        f"{hint}; retrain the estimator on more simulations, or check the "
+        "simulator and the likelihood"
+    )
+
+
 # -- calibration ---------------------------------------------------------------------
 
 
@@ -522,3 +629,25 @@ def test_cli_a_simulator_refused_at_registration_is_reported(registry, capsys):
         "plugin 'g': simulator 'gauss': simulate returned shape (8, 3)"
         in (report["checks"][0]["message"])
     )
+
+
+def test_cli_a_simulate_that_raises_is_one_failed_line_not_a_traceback(
+    registry, capsys
+):
+    """Registration tries 8 rows; a simulator that raises on the check's larger
+    batch gets a report whose failed check quotes the exception."""
+
+    def raises_on_large_batches(theta, rng):
+        if len(theta) > 8:
+            raise RuntimeError("out of memory in the plugin")
+        return gauss_simulate(theta, rng)
+
+    with registry.plugin(Plugin(gauss(simulate=raises_on_large_batches)), name="g"):
+        code, out, err = run(capsys, "check", "gauss", "--no-sbc")
+    assert code == 1 and "Traceback" not in out + err
+    failed = [line for line in out.splitlines() if line.startswith("  FAIL")]
+    assert failed == [
+        "  FAIL  shape and dtype: simulate raised RuntimeError: out of memory in the "
+        "plugin"
+    ]
+    assert "FAILED: contract/shape and dtype" in out
