@@ -21,14 +21,12 @@ from pyro.infer.mcmc.util import initialize_model
 import sbi_plugins
 from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.inference.starts import chain_starts, start_problem
 from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.model.model import Cells, HierarchicalModel, build_model, plan_model
 from sbi_plugins.model.pooling import (
     POOLING_MODES,
-    HierarchicalModel,
-    normalize_pooling,
-    plan_parameters,
 )
-from sbi_plugins.runner import build_model, model_start, pooling_chain_starts
 
 CHAINS = 4
 
@@ -55,8 +53,8 @@ def starts_old(model, kwargs) -> bool:
 
 def starts_new(model, kwargs, prepared, sim) -> bool:
     try:
-        start = model_start(model, prepared, sim)
-        pooling_chain_starts(model, kwargs, start, prepared, CHAINS, 0)
+        problem = start_problem(model, kwargs, prepared)
+        chain_starts(model, kwargs, model.start(), CHAINS, 0, problem)
     except SbiPluginsError:
         return False
     return True
@@ -77,11 +75,13 @@ def main() -> None:
                 for seed in range(args.seeds):
                     data = trials(seed, fast_guess)
                     prepared = prepare_data(data, sim, "participant_id")
-                    spec = normalize_pooling({name: mode}, sim, True)
-                    plans = plan_parameters(sim, spec, None)
+                    plans = plan_model(sim, data, "participant_id", {name: mode})
                     model, kwargs = build_model(plans, prepared, lik)
                     bare = HierarchicalModel(
-                        plans, prepared.num_groups, prepared.group_dim
+                        plans,
+                        Cells.of(plans, prepared),
+                        prepared.num_groups,
+                        prepared.group_dim,
                     )
                     counts += [
                         starts_old(bare, kwargs),

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.inference.base import METHODS
 from sbi_plugins.outputs import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2
@@ -169,6 +170,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         compile=args.compile,
         p_outlier=parse_p_outlier(args.p_outlier),
+        method=args.method,
+        prior_predictive=args.prior_predictive or False,
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -344,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="a lapse component for fast guesses and lapses, as HSSM's p_outlier: "
         "a share such as 0.05 (0: none), or 'estimate' to sample it (Beta(2, 38) "
         "prior)",
+    )
+    p.add_argument(
+        "--method",
+        choices=tuple(METHODS),
+        default="nuts",
+        help="inference method (default: nuts)",
+    )
+    p.add_argument(
+        "--prior-predictive",
+        type=int,
+        metavar="DRAWS",
+        default=0,
+        help="also draw this many times from the prior and simulate a data set at "
+        "each (ArviZ's prior and prior_predictive groups; default: none)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)

@@ -1,9 +1,10 @@
-"""data -> hierarchical Pyro model -> NUTS -> InferenceData."""
+"""The one fit path: data -> the hierarchical model -> an inference method ->
+InferenceData."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -11,40 +12,23 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from sbi_plugins.contract import PopulationPrior, Simulator
 from sbi_plugins.data import PreparedData, prepare_data, read_table
-from sbi_plugins.errors import DomainWarning, SbiPluginsError
-from sbi_plugins.estimators import TrainedEstimator, resolve_estimator
-from sbi_plugins.inference.nuts import run_nuts
-from sbi_plugins.inference.starts import (
-    StartProblem,
-    chain_starts,
-    check_explainable,
-    shift_ceilings,
-)
+from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.estimators.artifact import TrainedEstimator
+from sbi_plugins.estimators.resolve import resolve_estimator
+from sbi_plugins.inference.base import Settings, get_method
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
-from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, mix, share_draws
-from sbi_plugins.model.pooling import (
-    HierarchicalModel,
-    ParameterPlan,
-    describe_plans,
-    normalize_pooling,
-    plan_parameters,
-)
-from sbi_plugins.model.potential import compiled_potential, worth_compiling
+from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
+from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
+from sbi_plugins.model.support import check_explainable
 from sbi_plugins.plugin.registry import get_simulator
-from sbi_plugins.results.idata import build_inference_data, log_likelihood_name
-from sbi_plugins.results.predictive import (
-    draw_batches,
-    predictive_draws,
-    simulate_predictive,
-)
+from sbi_plugins.results.diagnostics import fast_guess_hints, warn_at_domain_edges
+from sbi_plugins.results.idata import build_inference_data
+from sbi_plugins.results.pointwise import pointwise_log_likelihood
+from sbi_plugins.results.predictive import predictive_draws, simulate_predictive
 from sbi_plugins.versions import package_versions
-
-EDGE_FRACTION = 0.01
-"""Draws within this fraction of the box width from a bound count as 'at the edge'."""
 
 
 def fit(
@@ -67,8 +51,10 @@ def fit(
     formulas: Mapping[str, str] | list[str] | str | None = None,
     compile: bool | None = None,
     p_outlier: bool | float | torch.distributions.Distribution | None = None,
+    method: str = "nuts",
+    prior_predictive: bool | int = False,
 ) -> az.InferenceData:
-    """Fit a simulator's hierarchical model to data with NUTS.
+    """Fit a simulator's hierarchical model to data (NUTS by default).
 
     `pooling` is "complete", "none", "partial" or a dict per parameter. With
     `likelihood="exact"` the plugin's exact log-likelihood replaces the learned one
@@ -79,14 +65,16 @@ def fit(
     per chain; False skips it.
 
     `formulas`, e.g. `{"v": "v ~ 1 + difficulty + (1|participant_id)"}`, give
-    parameters regression formulas (see `sbi_plugins.model.formulas`); the others follow
-    `pooling`, translated to its formula.
+    parameters regression formulas (see `sbi_plugins.model.formulas`); the others
+    keep their pooling mode and its priors (a parameter's prior never depends on
+    what the other parameters are given).
 
     `compile`: compile the model's potential with `torch.compile` before sampling
     (needs a C++ compiler; 5-40 s once, then each leapfrog step costs a fraction).
     None compiles when chains x (draws + tune) reaches 4000 (the default fit) and
     the data have at least 500 rows, or as the environment variable
-    SBI_PLUGINS_COMPILE=0/1 says. Formula models are not compiled.
+    SBI_PLUGINS_COMPILE=0/1 says. The compiled potential is checked against
+    Pyro's potential of the model at every chain's start before it is sampled.
 
     `p_outlier`: a lapse component for trials the simulator did not produce (fast
     guesses, attention lapses), with HSSM's semantics: each row is a mixture of the
@@ -94,6 +82,12 @@ def fit(
     choices uniform). A number fixes the share (e.g. 0.05), True estimates it with
     a Beta(2, 38) prior, a distribution on (0, 1) is its prior. See
     `sbi_plugins.likelihoods.lapse`.
+
+    `method`: the inference method ("nuts"; see `sbi_plugins.inference.base`).
+
+    `prior_predictive`: True (500 draws) or a number of draws from the prior, with a
+    data set simulated at each by the simulator, as ArviZ's `prior` and
+    `prior_predictive` groups: what the priors imply before the data speak.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -106,18 +100,11 @@ def fit(
         raise SbiPluginsError(
             f"cores must be at least 1 (or left out for one per core), got {cores}"
         )
-    if formulas is not None:
-        data = data if isinstance(data, pd.DataFrame) else read_table(data)
-    prepared = prepare_data(data, sim, group)
+    inference = get_method(method)
+    frame = data if isinstance(data, pd.DataFrame) else read_table(data)
+    prepared = prepare_data(frame, sim, group)
     lapse = make_lapse(p_outlier, sim, prepared.x)
-    if formulas is not None:
-        from sbi_plugins.model.formula_fit import plan_from_arguments
-
-        formula_plan = plan_from_arguments(data, sim, formulas, pooling, group, priors)
-    else:
-        plans = plan_parameters(
-            sim, normalize_pooling(pooling, sim, group is not None), priors
-        )
+    parameters = plan_model(sim, frame, group, pooling, formulas, priors)
     # the data's own checks first: no estimator is trained for data that cannot fit
     check_observations(sim, None, prepared.x, prepared.row_labels)
     check_explainable(sim, prepared.x, prepared.row_labels, lapse is not None)
@@ -129,68 +116,40 @@ def fit(
         check_observations(sim, lik.estimator, prepared.x, prepared.row_labels)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
-    if formulas is not None:
-        from sbi_plugins.model.formula_fit import fit_formula_model
-
-        return fit_formula_model(
-            formula_plan,
-            sim,
-            prepared,
-            lik,
-            sampler={
-                "draws": draws,
-                "tune": tune,
-                "chains": chains,
-                "progress": progress,
-                "cores": cores,
-                "target_accept": target_accept,
-            },
-            seed=seed,
-            posterior_predictive=posterior_predictive,
-            lapse=lapse,
-        )
-
-    model, model_kwargs = build_model(plans, prepared, lik, lapse)
-    start = model_start(model, prepared, sim)
-    starts = pooling_chain_starts(model, model_kwargs, start, prepared, chains, seed)
-    potential = None
-    if worth_compiling(compile, chains, draws + tune, len(prepared.x)):
-        if progress:
-            tqdm.write("compiling the model's potential (cached for later fits)")
-        potential = compiled_potential(model, model_kwargs, start)
-    results = run_nuts(
-        model,
-        model_kwargs,
+    model, model_kwargs = build_model(parameters, prepared, lik, lapse)
+    settings = Settings(
         draws=draws,
         tune=tune,
         chains=chains,
         seed=seed,
-        progress=progress,
         cores=cores,
+        progress=progress,
         target_accept=target_accept,
-        potential=potential,
-        starts=starts,
+        compile=compile,
     )
-    posterior = _stack([r.samples for r in results])
-    theta = group_parameter_draws(posterior, plans, prepared.num_groups)
-    share = share_draws(lapse, posterior, (chains, draws))
+    result = inference.run(model, model_kwargs, prepared, settings)
+    raw = result.posterior
+    theta = model.cell_parameter_draws(raw)
+    shape = theta.shape[:2]
+    share = share_draws(lapse, raw, shape)
     hints = {} if lapse is not None else fast_guess_hints(sim)
-    edge_warnings = warn_at_domain_edges(posterior, plans, prepared, hints)
-    sample_stats = _stack([r.stats for r in results])
-    warn_divergences(sample_stats, target_accept)
-    selected = predictive_draws(posterior_predictive, (chains, draws), len(prepared.x))
+    edge_warnings = warn_at_domain_edges(model, raw, theta, prepared, hints)
+    cells = dataclasses.replace(prepared, group_index=model.cells.index)
+    selected = predictive_draws(posterior_predictive, shape, len(prepared.x))
+    posterior, dims, coords = model.posterior_variables(raw)
+    prior, simulated_prior = _prior_predictive(
+        model, sim, cells, lapse, prior_predictive, seed, cores, progress
+    )
     attrs = {
         "simulator": sim.name,
         "simulator_version": sim.version,
         "likelihood": likelihood,
         "estimator_checksum": "" if lik.exact else lik.estimator.checksum,
         "estimator_source": "" if lik.exact else lik.estimator.source,
-        "pooling": json.dumps({p.name: p.pooling for p in plans}),
-        "priors": describe_plans(plans),
+        **model.attrs(),
         "group": prepared.group or "",
         "seed": seed,
-        # the same seed gives the same draws only with the same setting
-        "compiled": int(potential is not None),
+        **result.attrs,
         "draws": draws,
         "tune": tune,
         "chains": chains,
@@ -200,12 +159,14 @@ def fit(
     }
     return build_inference_data(
         posterior=posterior,
-        sample_stats=sample_stats,
-        log_likelihood=pointwise_log_likelihood(lik, theta, prepared, lapse, share),
+        sample_stats=result.sample_stats,
+        log_likelihood=pointwise_log_likelihood(
+            lik, theta, prepared.x, model.cells.index, lapse, share
+        ),
         posterior_predictive=simulate_predictive(
             sim,
             theta,
-            prepared,
+            cells,
             seed,
             selected,
             workers=cores,
@@ -216,182 +177,50 @@ def fit(
         predictive_draw_index=selected,
         data=prepared,
         simulator=sim,
-        plans=plans,
         attrs=attrs,
+        dims=dims,
+        coords=coords,
+        prior=prior,
+        prior_predictive=simulated_prior,
     )
 
 
-def build_model(
-    plans: list[ParameterPlan],
-    data: PreparedData,
-    lik: Likelihood,
-    lapse: Lapse | None = None,
-) -> tuple[HierarchicalModel, dict]:
-    """The Pyro model of `plans` and the keyword arguments it is run with."""
-    ceilings = None
-    if lapse is None:
-        ceilings = shift_ceilings(
-            lik.simulator, data.x, data.group_index, data.num_groups, lapses=False
-        )
-    model = HierarchicalModel(plans, data.num_groups, data.group_dim, lapse, ceilings)
-    return model, {
-        "x": torch.as_tensor(data.x, dtype=torch.float64),
-        "group_index": torch.as_tensor(data.group_index),
-        "likelihood": lik,
-        "site": log_likelihood_name(lik.simulator),
-    }
+PRIOR_PREDICTIVE_DRAWS = 500
+"""Prior draws for `prior_predictive=True`, as PyMC's `sample_prior_predictive`."""
 
 
-def model_start(
-    model: HierarchicalModel, data: PreparedData, simulator: Simulator
-) -> dict[str, torch.Tensor]:
-    """The model's starting values for these data (`sbi_plugins.inference.starts`)."""
-    ceilings = shift_ceilings(
-        simulator,
-        data.x,
-        data.group_index,
-        data.num_groups,
-        lapses=model.lapse is not None,
-    )
-    return model.start(ceilings)
-
-
-def pooling_chain_starts(
+def _prior_predictive(
     model: HierarchicalModel,
-    model_kwargs: dict,
-    start: dict[str, torch.Tensor],
-    data: PreparedData,
-    chains: int,
+    simulator: Simulator,
+    cells: PreparedData,
+    lapse: Lapse | None,
+    request: bool | int,
     seed: int,
-) -> list[dict[str, torch.Tensor]]:
-    """Per-chain starts of the pooling model (`inference.starts.chain_starts`), with its group values at hand to name the rows where a start fails."""
-    problem = StartProblem(
-        model_kwargs["likelihood"],
-        lambda values: torch.as_tensor(
-            group_parameter_draws(
-                {k: v.numpy() for k, v in values.items()},
-                model.plans,
-                data.num_groups,
-            )
-        ),
-        data.group_index,
-        data.x,
-        data.row_labels,
-        data.group_labels,
-        data.group_dim,
+    cores: int | None,
+    progress: bool,
+) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
+    """Draws from the model's prior (named as the posterior's) and a data set
+    simulated at each, from seed streams of their own; (None, None) if not asked."""
+    if request is False or request is None:
+        return None, None
+    count = PRIOR_PREDICTIVE_DRAWS if request is True else int(request)
+    if count < 1:
+        raise SbiPluginsError(
+            f"prior_predictive must be True or a number of draws, got {request!r}"
+        )
+    streams = np.random.SeedSequence([seed, 7]).generate_state(2)
+    raw = model.prior_draws(count, int(streams[0]))
+    theta = model.cell_parameter_draws(raw)
+    share = share_draws(lapse, raw, theta.shape[:2])
+    simulated = simulate_predictive(
+        simulator,
+        theta,
+        cells,
+        int(streams[1]),
+        np.arange(count),
+        workers=cores,
+        progress=progress,
+        lapse=lapse,
+        share=share,
     )
-    return chain_starts(model, model_kwargs, start, chains, seed, problem)
-
-
-def _stack(per_chain: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.stack([chain[k] for chain in per_chain]) for k in per_chain[0]}
-
-
-def group_parameter_draws(
-    posterior: dict[str, np.ndarray], plans: list[ParameterPlan], num_groups: int
-) -> np.ndarray:
-    """(chain, draw, group, parameter): every group's parameter vector per draw."""
-    columns = []
-    for plan in plans:
-        values = posterior[plan.name]
-        if not plan.grouped:
-            values = np.broadcast_to(values[..., None], (*values.shape, num_groups))
-        columns.append(values)
-    return np.stack(columns, axis=-1)
-
-
-def pointwise_log_likelihood(
-    lik: Likelihood,
-    theta: np.ndarray,
-    data: PreparedData,
-    lapse: Lapse | None = None,
-    share: np.ndarray | None = None,
-) -> np.ndarray:
-    """log p(row | its group's parameters) for every draw and row: what LOO needs,
-    mixed with the lapse distribution at each draw's `p_outlier` where the model
-    has lapses. Scored per group where the likelihood allows (the networks run once
-    per draw and group, not once per draw and row), in batches of draws."""
-    chains, draws = theta.shape[:2]
-    flat = theta.reshape(chains * draws, *theta.shape[2:])
-    x = torch.as_tensor(data.x, dtype=torch.float64)
-    group_index = torch.as_tensor(data.group_index)
-    out = np.empty((chains * draws, len(data.x)))
-    with torch.no_grad():
-        for batch in draw_batches(len(flat), len(data.x)):
-            groups = torch.as_tensor(flat[batch], dtype=torch.float64)
-            lp = lik.log_prob_grouped(groups, group_index, x)
-            if lapse is not None:
-                shares = torch.as_tensor(share.reshape(-1)[batch])
-                lp = mix(lp, lapse.distribution.log_density, shares)
-            out[batch] = lp.numpy()
-    return out.reshape(chains, draws, len(data.x))
-
-
-def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) -> int:
-    """PyMC's warning: divergent transitions after tuning mean NUTS could not
-    follow the posterior somewhere, and the draws may be biased there."""
-    diverging = sample_stats.get("diverging")
-    count = 0 if diverging is None else int(np.sum(diverging))
-    if count:
-        warnings.warn(
-            f"{count} of {diverging.size} transitions diverged after tuning: the "
-            "posterior may be explored badly where they sit (az.plot_pair(idata, "
-            f"divergences=True)). Raise target_accept above {target_accept:g} "
-            "(e.g. 0.95; --target-accept 0.95), or simplify the model",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-    return count
-
-
-def fast_guess_hints(simulator: Simulator) -> dict[tuple[str, str], str]:
-    """What a shift parameter at its lower bound usually means: fast guesses."""
-    return {
-        (obs.shift, "lower"): (
-            f"rows with a very small {obs.name!r} (fast guesses) pull "
-            f"{obs.shift!r} down: add a lapse component (p_outlier=0.05, "
-            "--p-outlier 0.05) or drop those rows"
-        )
-        for obs in simulator.observables
-        if obs.shift is not None
-    }
-
-
-def warn_at_domain_edges(
-    posterior: dict[str, np.ndarray],
-    plans: list[ParameterPlan],
-    data: PreparedData,
-    hints: dict[tuple[str, str], str] | None = None,
-) -> list[str]:
-    """Warn when more than 1% of a parameter's draws sit within 1% of the box width
-    of a bound: the data want values the estimator was not trained on, unless
-    `hints` (per parameter and side) know the likelier cause."""
-    messages = []
-    for plan in plans:
-        p = plan.parameter
-        values = posterior[plan.name]
-        values = values.reshape(-1, values.shape[-1] if plan.grouped else 1)
-        labels = data.group_labels if plan.grouped else np.array(["(pooled)"])
-        margin = EDGE_FRACTION * p.width
-        for side, near in (
-            ("lower", values <= p.lower + margin),
-            ("upper", values >= p.upper - margin),
-        ):
-            share = near.mean(axis=0)
-            crowded = np.flatnonzero(share > EDGE_FRACTION)
-            if not len(crowded):
-                continue
-            where = ", ".join(f"{labels[i]} ({share[i]:.0%})" for i in crowded[:5])
-            bound = p.lower if side == "lower" else p.upper
-            advice = (hints or {}).get((p.name, side)) or (
-                "the data want values the estimator was not trained on. Retrain on "
-                "a wider domain, or check the data and the model"
-            )
-            message = (
-                f"posterior draws of {p.name!r} pile up at the {side} bound {bound:g} "
-                f"of the training domain [{p.lower:g}, {p.upper:g}] for {where}: "
-                + advice
-            )
-            warnings.warn(message, DomainWarning, stacklevel=3)
-            messages.append(message)
-    return messages
+    return model.posterior_variables(raw)[0], simulated

@@ -9,12 +9,15 @@ import pytest
 
 import sbi_plugins
 from sbi_plugins.cli import main, parse_p_outlier
+from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.estimators.resolve import shipped_estimator
-from sbi_plugins.likelihoods.distribution import check_observations
+from sbi_plugins.inference.nuts_method import warn_divergences
+from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import make_lapse
-from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
-from sbi_plugins.runner import fast_guess_hints, warn_at_domain_edges, warn_divergences
+from sbi_plugins.model.model import build_model, plan_model
+from sbi_plugins.model.pooling import normalize_pooling
+from sbi_plugins.results.diagnostics import fast_guess_hints, warn_at_domain_edges
 
 
 def _ddm():
@@ -31,19 +34,22 @@ def test_divergences_after_tuning_are_reported_with_the_remedy():
 
 
 def test_t_at_its_lower_bound_points_to_fast_guesses_not_retraining():
+    from sbi_plugins_ddm import simulate_dataset
+
     sim = _ddm()
-    plans = plan_parameters(sim, normalize_pooling("complete", sim, False), None)
+    trials, _ = simulate_dataset(1, 20, seed=0)
+    data = prepare_data(trials, sim, None)
+    model, _ = build_model(
+        plan_model(sim, trials, None, "complete"), data, Likelihood(sim)
+    )
     posterior = {
         p.name: np.full((1, 50), p.parameter.lower + 0.3 * p.parameter.width)
-        for p in plans
+        for p in model.parameters
     }
     posterior["t"] = np.zeros((1, 50))
-
-    class Data:
-        group_labels = np.array(["all"])
-
+    theta = model.cell_parameter_draws(posterior)
     with pytest.warns(UserWarning, match="'t' pile up at the lower.*--p-outlier"):
-        warn_at_domain_edges(posterior, plans, Data(), fast_guess_hints(sim))
+        warn_at_domain_edges(model, posterior, theta, data, fast_guess_hints(sim))
 
 
 def test_rts_in_milliseconds_are_named_as_such():

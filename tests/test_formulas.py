@@ -10,16 +10,11 @@ import pytest
 import torch
 
 import sbi_plugins
+from sbi_plugins.data import prepare_data
+from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.likelihoods.distribution import likelihood
-from sbi_plugins.model.formula_fit import plan_from_arguments
-from sbi_plugins.model.formulas import (
-    FormulaError,
-    FormulaModel,
-    inverse_link,
-    link,
-    named_posterior,
-)
-from sbi_plugins.model.pooling import HierarchicalModel, plan_parameters
+from sbi_plugins.model.formulas import FormulaError, inverse_link, link
+from sbi_plugins.model.model import build_model, plan_model
 
 SITE = "rt,response"
 TRUE_EFFECT = -0.5
@@ -68,18 +63,25 @@ def small(ddm):
     return ddm_design(ddm, subjects=4, trials=15, effect=TRUE_EFFECT, seed=0)
 
 
-def plan(ddm, frame, formulas, pooling="complete", group="participant_id"):
-    return plan_from_arguments(frame, ddm, formulas, pooling, group, None)
+def build(ddm, frame, formulas, pooling="complete", group="participant_id", lik=None):
+    """The hierarchical model `fit` builds, and its keyword arguments."""
+    parameters = plan_model(ddm, frame, group, pooling, formulas)
+    data = prepare_data(frame, ddm, group)
+    return build_model(parameters, data, lik or likelihood("ddm", exact=True))
+
+
+def model_of(ddm, frame, formulas, pooling="complete", group="participant_id"):
+    return build(ddm, frame, formulas, pooling, group)[0]
 
 
 def test_parse_names_terms_and_cells(ddm, small):
-    p = plan(
+    model = model_of(
         ddm,
         small,
         {"v": "v ~ 1 + C(condition) + (1 + difficulty | participant_id)"},
         pooling={"a": "partial", "z": "complete", "t": "none"},
     )
-    v, a, z, t = p.formulas
+    v, a, z, t = model.parameters
     assert [term.name for term in v.common] == ["Intercept", "C(condition)"]
     assert v.common[1].levels == ["hard"]
     assert [term.name for term in v.group] == [
@@ -87,23 +89,28 @@ def test_parse_names_terms_and_cells(ddm, small):
         "difficulty|participant_id",
     ]
     assert v.group[0].groups == sorted(small["participant_id"].unique())
-    # the shorthand, translated: partial -> random intercepts, none -> per group
-    assert a.formula == "a ~ 1 + (1|participant_id)"
-    assert z.formula == "z ~ 1"
-    assert t.formula == "t ~ 0 + C(participant_id)" and t.common[0].size == 4
-    # cells are the unique design rows: subjects x conditions here
-    assert p.num_cells == 4 * 2
-    cell_of = pd.Series(p.cell_index).groupby(
+    # the others keep their pooling (and its priors), not a translated formula
+    assert [(p.name, p.pooling) for p in (a, z, t)] == [
+        ("a", "partial"),
+        ("z", "complete"),
+        ("t", "none"),
+    ]
+    # cells are the unique design rows (with the subject: a and t vary by it)
+    assert model.cells.count == 4 * 2
+    cell_of = pd.Series(model.cells.index).groupby(
         [small["participant_id"], small["condition"]]
     )
     assert (cell_of.nunique() == 1).all() and cell_of.first().nunique() == 8
+    # each cell knows its subject, for the pooled parameters
+    subjects = pd.factorize(small["participant_id"], sort=True)[0]
+    np.testing.assert_array_equal(model.cells.group[model.cells.index], subjects)
 
 
 def test_numeric_predictor_and_intercept_prior(ddm, small):
     frame = small.assign(x=np.linspace(-1, 1, len(small)))
-    p = plan(ddm, frame, ["v ~ 1 + x", "a ~ 1"])
-    v, a = p.formulas[:2]
-    assert p.num_cells == len(frame)  # every row its own cell
+    model = model_of(ddm, frame, ["v ~ 1 + x", "a ~ 1"])
+    v, a = model.parameters[:2]
+    assert model.cells.count == len(frame)  # every row its own cell
     # intercept prior centred on the plugin's typical a (1.2 in [0.3, 2.5])
     center = float(link(torch.tensor(a.common[0].loc[0]), 0.3, 2.5))
     assert center == pytest.approx(1.2)
@@ -125,36 +132,57 @@ def test_numeric_predictor_and_intercept_prior(ddm, small):
 )
 def test_bad_formulas_name_the_problem(ddm, small, formulas, pattern):
     if pattern is None:
-        assert plan(ddm, small, formulas).formulas[0].formula == "v ~ 1 + difficulty"
+        (v, *_) = plan_model(ddm, small, "participant_id", "complete", formulas)
+        assert v.formula == "v ~ 1 + difficulty"
         return
     with pytest.raises(FormulaError, match=pattern) as info:
-        plan(ddm, small, formulas)
+        plan_model(ddm, small, "participant_id", "complete", formulas)
     assert "\n" not in str(info.value)
+
+
+def test_a_parameter_with_both_a_pooling_mode_and_a_formula_is_refused(ddm, small):
+    with pytest.raises(SbiPluginsError, match=r"'v' has both a pooling mode and a"):
+        plan_model(ddm, small, "participant_id", {"v": "none"}, {"v": "v ~ 1"})
+
+
+def test_pooling_needs_a_group_with_formulas_too(ddm, small):
+    """Without a group, 'partial' means the same with and without formulas: it
+    needs one (the formula path used to make it 'complete' silently)."""
+    for formulas in (None, {"v": "v ~ 1 + difficulty"}):
+        with pytest.raises(SbiPluginsError, match=r"need groups: pass group="):
+            plan_model(ddm, small, None, "partial", formulas)
 
 
 def test_empty_predictor_values_are_named(ddm, small):
     frame = small.copy()
     frame.loc[[3, 7], "difficulty"] = np.nan
     with pytest.raises(FormulaError, match=r"column 'difficulty'.*empty at rows 3, 7"):
-        plan(ddm, frame, {"v": "v ~ difficulty"})
+        plan_model(ddm, frame, "participant_id", "complete", {"v": "v ~ difficulty"})
+
+
+def _random_values(model, seed) -> dict[str, torch.Tensor]:
+    """One draw of every latent site from the model's prior."""
+    return {k: torch.as_tensor(v[0, 0]) for k, v in model.prior_draws(1, seed).items()}
 
 
 def test_link_keeps_every_parameter_in_the_box(ddm, small):
     """Whatever the coefficients, even absurd ones, trial-wise parameters stay in
     the training box (the bounds themselves at most)."""
-    p = plan(ddm, small, {"v": "v ~ 1 + difficulty + (1 + difficulty|participant_id)"})
-    model = FormulaModel(p)
-    trace = pyro.poutine.trace(model.cell_parameters).get_trace()
+    model = model_of(
+        ddm, small, {"v": "v ~ 1 + difficulty + (1 + difficulty|participant_id)"}
+    )
+    draw = _random_values(model, 0)
     low = torch.tensor(ddm.lower, dtype=torch.float64)
     high = torch.tensor(ddm.upper, dtype=torch.float64)
     for scale in (0.0, 1.0, 30.0, 1e4, -1e4):
         values = {
-            name: torch.full_like(site["value"], scale) * (1 + 0.1 * i)
-            for i, (name, site) in enumerate(trace.nodes.items())
-            if site["type"] == "sample"
+            name: torch.full_like(value, scale) * (1 + 0.1 * i)
+            if name.startswith("v_")
+            else value
+            for i, (name, value) in enumerate(draw.items())
         }
-        theta = pyro.poutine.condition(model.cell_parameters, values)()
-        assert theta.shape == (p.num_cells, 4)
+        theta = model.cell_parameters(values)
+        assert theta.shape == (model.cells.count, 4)
         assert torch.isfinite(theta).all()
         assert ((theta >= low) & (theta <= high)).all(), scale
     # and the link is the scaled logistic, inverted by inverse_link
@@ -163,35 +191,25 @@ def test_link_keeps_every_parameter_in_the_box(ddm, small):
     np.testing.assert_allclose(back, eta, atol=1e-12)
 
 
-def _log_density(model_fn, values, **kwargs) -> torch.Tensor:
-    conditioned = pyro.poutine.condition(model_fn, values)
-    return pyro.poutine.trace(conditioned).get_trace(**kwargs).log_prob_sum()
-
-
-def _random_values(model_fn, seed, **kwargs) -> dict[str, torch.Tensor]:
-    pyro.set_rng_seed(seed)
-    trace = pyro.poutine.trace(model_fn).get_trace(**kwargs)
-    return {
-        name: site["value"]
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and site["value"].is_floating_point()
-    }
+def _trace(model, values, kwargs):
+    conditioned = pyro.poutine.condition(model, values)
+    trace = pyro.poutine.trace(conditioned).get_trace(**kwargs)
+    trace.compute_log_prob()
+    return trace
 
 
 def test_cells_score_as_row_by_row(ddm, small):
     """Scoring once per cell through the grouped fast path gives the numbers of
     scoring every row at its own parameters, for the neural and exact likelihood."""
-    p = plan(ddm, small, {"v": "v ~ 1 + C(condition) + (1|participant_id)"})
-    model = FormulaModel(p)
+    model = model_of(ddm, small, {"v": "v ~ 1 + C(condition) + (1|participant_id)"})
     x = torch.as_tensor(small[["rt", "response"]].to_numpy(float))
-    index = torch.as_tensor(p.cell_index)
+    index = torch.as_tensor(model.cells.index)
     for lik in (likelihood("ddm", progress=False), likelihood("ddm", exact=True)):
-        values = _random_values(model.cell_parameters, 0)
-        # pull the intercepts towards typical values so every row has a finite score
-        values["t_Intercept"] = torch.tensor([-2.0], dtype=torch.float64)
-        theta = pyro.poutine.condition(model.cell_parameters, values)()
+        # random drift coefficients; a, z, t at their (data-built) starts, where
+        # every row has a finite likelihood
+        random = _random_values(model, 0)
+        values = model.start() | {k: v for k, v in random.items() if k[:2] == "v_"}
+        theta = model.cell_parameters(values)
         per_cell = lik.rows(theta, index).log_prob(x)
         per_row = lik.log_prob(theta[index], x)
         assert torch.isfinite(per_row).all()
@@ -200,33 +218,29 @@ def test_cells_score_as_row_by_row(ddm, small):
             assert lik._grouped is not None  # the fast path was in use
 
 
-def test_shorthand_is_its_formula(ddm, small):
-    """pooling {"v": "partial", "a": "none"} gives the very model of the formulas
-    `v ~ 1 + (1|participant_id)`, `a ~ 0 + C(participant_id)`: same sites, same log
-    density at the same values."""
-    pooling = {"v": "partial", "a": "none", "z": "complete", "t": "complete"}
-    shorthand = FormulaModel(plan(ddm, small, {"z": "z ~ 1"}, pooling=pooling))
-    formulas = {
-        "v": "v ~ 1 + (1|participant_id)",
-        "a": "a ~ 0 + C(participant_id)",
-        "z": "z ~ 1",
-        "t": "t ~ 1",
-    }
-    explicit = FormulaModel(plan(ddm, small, formulas, pooling="complete"))
-    kwargs = {
-        "x": torch.as_tensor(small[["rt", "response"]].to_numpy(float)),
-        "likelihood": likelihood("ddm", exact=True),
-        "site": SITE,
-    }
-    a_kwargs = {**kwargs, "cell_index": torch.as_tensor(shorthand.plan.cell_index)}
-    b_kwargs = {**kwargs, "cell_index": torch.as_tensor(explicit.plan.cell_index)}
-    for seed in range(3):
-        values = _random_values(shorthand, seed, **a_kwargs)
-        values["t_Intercept"] = torch.tensor([-2.0], dtype=torch.float64)
-        lp_a = _log_density(shorthand, values, **a_kwargs)
-        lp_b = _log_density(explicit, values, **b_kwargs)
-        assert torch.isfinite(lp_a)
-        assert lp_a.item() == pytest.approx(lp_b.item(), rel=1e-12)
+@pytest.mark.parametrize("mode", ["partial", "none", "complete"])
+def test_a_parameters_prior_never_depends_on_the_others(ddm, small, mode):
+    """Giving `a` a formula changes nothing about v, z and t: the same sites, the
+    same prior log density at the same values, the same recorded prior. (The old
+    formula path translated every other parameter into a formula, with other
+    priors.)"""
+    pooled, pooled_kwargs = build(ddm, small, None, pooling=mode)
+    mixed, mixed_kwargs = build(ddm, small, {"a": "a ~ 1 + C(condition)"}, pooling=mode)
+    values = _random_values(pooled, 1) | _random_values(mixed, 2)
+    a, b = _trace(pooled, values, pooled_kwargs), _trace(mixed, values, mixed_kwargs)
+    others = [
+        name
+        for name, site in a.nodes.items()
+        if site["type"] == "sample" and not site["is_observed"] and name[0] != "a"
+    ]
+    assert others and set(others) < set(b.nodes)
+    for name in others:
+        assert b.nodes[name]["log_prob_sum"].item() == pytest.approx(
+            a.nodes[name]["log_prob_sum"].item(), rel=1e-12
+        ), name
+    described = (pooled.attrs()["priors"], mixed.attrs()["priors"])
+    assert all(described[0][n] == described[1][n] for n in "vzt")
+    assert described[1]["a"]["pooling"] == "formula"
 
 
 def test_formula_and_pooling_models_share_the_likelihood(ddm, small):
@@ -235,23 +249,15 @@ def test_formula_and_pooling_models_share_the_likelihood(ddm, small):
     per-group values, score the data identically: the two parametrizations differ
     only in their priors."""
     v_g = torch.tensor([0.3, -0.8, 1.7, 0.9], dtype=torch.float64)
-    pooled = {"a": 1.1, "z": 0.45, "t": 0.25}
-    x = torch.as_tensor(small[["rt", "response"]].to_numpy(float))
-    lik = likelihood("ddm", exact=True)
+    pooled = {k: torch.tensor(v, dtype=torch.float64) for k, v in
+              {"a": 1.1, "z": 0.45, "t": 0.25}.items()}  # fmt: skip
     pooling = {"v": "partial", "a": "complete", "z": "complete", "t": "complete"}
-    plans = plan_parameters(ddm, pooling)
-    old = HierarchicalModel(plans, 4, "participant_id")
-    group_index = torch.as_tensor(pd.factorize(small["participant_id"], sort=True)[0])
-    old_values = {
-        "v_mu": torch.tensor(0.5),
-        "v_sigma": torch.tensor(1.0),
-        "v": v_g,
-        **{k: torch.tensor(v, dtype=torch.float64) for k, v in pooled.items()},
-    }
-    old_trace = pyro.poutine.trace(pyro.poutine.condition(old, old_values)).get_trace(
-        x=x, group_index=group_index, likelihood=lik, site=SITE
+    old, old_kwargs = build(ddm, small, None, pooling=pooling)
+    old_values = {"v_mu": torch.tensor(0.5), "v_sigma": torch.tensor(1.0), "v": v_g}
+    old_trace = _trace(old, old_values | pooled, old_kwargs)
+    new, new_kwargs = build(
+        ddm, small, {"v": "v ~ 1 + (1|participant_id)"}, pooling="complete"
     )
-    new_plan = plan(ddm, small, {}, pooling=pooling)
     eta = inverse_link(v_g.numpy(), -3.0, 3.0)
     intercept, sigma = 0.2, 0.7
     new_values = {
@@ -259,19 +265,8 @@ def test_formula_and_pooling_models_share_the_likelihood(ddm, small):
         "v_1|participant_id_sigma": torch.tensor([sigma], dtype=torch.float64),
         "v_1|participant_id_offset": torch.tensor((eta - intercept) / sigma)[:, None],
     }
-    for name, value in pooled.items():
-        p = ddm.parameters[ddm.parameter_names.index(name)]
-        new_values[f"{name}_Intercept"] = torch.tensor(
-            [inverse_link(value, p.lower, p.upper)], dtype=torch.float64
-        )
-    new_trace = pyro.poutine.trace(
-        pyro.poutine.condition(FormulaModel(new_plan), new_values)
-    ).get_trace(
-        x=x,
-        cell_index=torch.as_tensor(new_plan.cell_index),
-        likelihood=lik,
-        site=SITE,
-    )
+    new_trace = _trace(new, new_values | pooled, new_kwargs)
+    x = old_kwargs["x"]
     old_lp = old_trace.nodes[SITE]["fn"].log_prob(x)
     new_lp = new_trace.nodes[SITE]["fn"].log_prob(x)
     assert torch.isfinite(old_lp).all()
@@ -282,18 +277,13 @@ def test_named_posterior_shapes_and_dims(ddm, small):
     frame = small.assign(
         block=np.tile(["b1", "b2", "b3"], len(small) // 3 + 1)[: len(small)]
     )
-    p = plan(
+    model = model_of(
         ddm,
         frame,
         {"v": "difficulty + C(block) + (1|participant_id) + (C(block)|participant_id)"},
     )
-    model = FormulaModel(p)
-    draws = [_random_values(model.cell_parameters, s) for s in range(6)]
-    raw = {
-        k: np.stack([d[k].numpy() for d in draws]).reshape(2, 3, *draws[0][k].shape)
-        for k in draws[0]
-    }
-    posterior, dims, coords = named_posterior(raw, p)
+    raw = {k: v.reshape(2, 3, *v.shape[2:]) for k, v in model.prior_draws(6, 0).items()}
+    posterior, dims, coords = model.posterior_variables(raw)
     assert posterior["v_difficulty"].shape == (2, 3)
     assert posterior["v_C(block)"].shape == (2, 3, 2)
     assert coords[dims["v_C(block)"][0]] == ["b2", "b3"]
@@ -309,6 +299,7 @@ def test_named_posterior_shapes_and_dims(ddm, small):
         posterior[block].shape[-2] == 4
         and dims[block][0] == "participant_id__factor_dim"
     )
+    assert posterior["a"].shape == (2, 3)  # pooled complete: as a pooling model
 
 
 @pytest.mark.slow
@@ -399,9 +390,9 @@ COMPARED = [
     "v_Intercept",
     "v_C(condition)",
     "v_1|participant_id_sigma",
-    "a_Intercept",
-    "z_Intercept",
-    "t_Intercept",
+    "a",
+    "z",
+    "t",
 ]
 
 

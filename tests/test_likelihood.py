@@ -154,7 +154,7 @@ def test_pointwise_log_likelihood_equals_scoring_each_row(name):
     """The log-likelihood group, scored per group in batches of draws, holds sbi's
     row-by-row numbers for every draw and row (DDM: both choices, rt < t too)."""
     from sbi_plugins.data import prepare_data
-    from sbi_plugins.runner import pointwise_log_likelihood
+    from sbi_plugins.results.pointwise import pointwise_log_likelihood
 
     sim = sbi_plugins.get_simulator(name)
     lik = sbi_plugins.likelihood(sim, progress=False)
@@ -169,7 +169,7 @@ def test_pointwise_log_likelihood_equals_scoring_each_row(name):
         x[:3, 0] = 0.5 * theta[0, 0, group_index[:3], 3]  # rt < t: impossible rows
     frame = {o: x[:, j] for j, o in enumerate(sim.observable_names)}
     data = prepare_data(pd.DataFrame({**frame, "g": group_index}), sim, "g")
-    got = pointwise_log_likelihood(lik, theta, data)
+    got = pointwise_log_likelihood(lik, theta, data.x, data.group_index)
     rows = torch.as_tensor(theta[:, :, data.group_index], dtype=torch.float64)
     with torch.no_grad():
         want = lik.log_prob(rows, torch.as_tensor(data.x)).numpy()

@@ -16,16 +16,12 @@ from pyro.ops.integrator import potential_grad
 import sbi_plugins
 from sbi_plugins.data import prepare_data
 from sbi_plugins.estimators.resolve import shipped_estimator
+from sbi_plugins.inference import compile as compile_module
+from sbi_plugins.inference.compile import compiled_potential, worth_compiling
 from sbi_plugins.likelihoods.distribution import Likelihood
 from sbi_plugins.likelihoods.lapse import make_lapse
-from sbi_plugins.model import potential as potential_module
-from sbi_plugins.model.pooling import normalize_pooling, plan_parameters
-from sbi_plugins.model.potential import (
-    HierarchicalPotential,
-    compiled_potential,
-    worth_compiling,
-)
-from sbi_plugins.runner import build_model, model_start
+from sbi_plugins.model.model import build_model, plan_model
+from sbi_plugins.model.potential import Potential
 
 
 def _ddm_trials() -> pd.DataFrame:
@@ -35,22 +31,23 @@ def _ddm_trials() -> pd.DataFrame:
     return trials
 
 
-def _model(name: str, kind: str, pooling, p_outlier=None):
+def _model(name: str, kind: str, pooling, p_outlier=None, formulas=None):
     sim = sbi_plugins.get_simulator(name)
     if name == "ddm":
         data, group = _ddm_trials(), "participant_id"
+        data["condition"] = np.tile(["easy", "hard"], len(data) // 2)
     else:
         from sbi_plugins_cookie import example_data
 
         data, group = example_data(), "location"
     prepared = prepare_data(data, sim, group)
-    plans = plan_parameters(sim, normalize_pooling(pooling, sim, True), None)
+    parameters = plan_model(sim, data, group, pooling, formulas)
     lik = (
         Likelihood(sim) if kind == "exact" else Likelihood(sim, shipped_estimator(sim))
     )
     lapse = make_lapse(p_outlier, sim, prepared.x)
-    model, kwargs = build_model(plans, prepared, lik, lapse)
-    return model, kwargs, model_start(model, prepared, sim)
+    model, kwargs = build_model(parameters, prepared, lik, lapse)
+    return model, kwargs, model.start()
 
 
 def _pyro_potential(model, kwargs, start):
@@ -92,18 +89,26 @@ CASES = [
     ("cookie", "neural", "none", True),
     ("cookie", "neural", "complete", None),
 ]
+FORMULA = {"v": "v ~ 1 + C(condition) + (1 + C(condition)|participant_id)"}
+FORMULA_CASES = [
+    ("ddm", "exact", "partial", None, FORMULA),
+    ("ddm", "neural", {"a": "none", "z": "complete", "t": "partial"}, True, FORMULA),
+    ("ddm", "exact", "complete", None, {**FORMULA, "t": "t ~ 1 + (1|participant_id)"}),
+]
 
 
-@pytest.mark.parametrize(("name", "kind", "pooling", "p_outlier"), CASES)
-def test_written_out_potential_equals_pyros(name, kind, pooling, p_outlier):
-    """Value and gradient equal Pyro's (traced model, plates, transforms) at random
-    unconstrained points, to rounding: every pooling mode, both likelihoods, with
-    and without lapses (fixed and estimated)."""
-    model, kwargs, start = _model(name, kind, pooling, p_outlier)
+@pytest.mark.parametrize(
+    ("name", "kind", "pooling", "p_outlier", "formulas"),
+    [(*case, None) for case in CASES] + FORMULA_CASES,
+)
+def test_derived_potential_equals_pyros(name, kind, pooling, p_outlier, formulas):
+    """The potential derived from the model's statement (`LogJoint` sites) has the
+    value and gradient of Pyro's (traced model, plates, transforms) at random
+    unconstrained points, to rounding: every pooling mode, formulas beside pooled
+    parameters, both likelihoods, with and without lapses (fixed and estimated)."""
+    model, kwargs, start = _model(name, kind, pooling, p_outlier, formulas)
     init, pyro_fn, transforms = _pyro_potential(model, kwargs, start)
-    mine = HierarchicalPotential(
-        model, transforms, kwargs["x"], kwargs["group_index"], kwargs["likelihood"]
-    )
+    mine = Potential(model, transforms, kwargs)
     for point in _random_points(init, 4, seed=1):
         expected_grads, expected = potential_grad(pyro_fn, point)
         grads, value = potential_grad(mine, point)
@@ -123,7 +128,7 @@ needs_compiler = pytest.mark.skipif(
 
 @pytest.mark.slow
 @needs_compiler
-@pytest.mark.parametrize("kind", ["exact", "neural"])
+@pytest.mark.parametrize("kind", ["exact", "neural", "formula"])
 def test_compiled_potential_equals_the_uncompiled_one(kind):
     """torch.compile fuses the float32 network's operations in another order: the
     potential agrees to 1e-5 relative (the run-time check's tolerance; float32
@@ -134,14 +139,17 @@ def test_compiled_potential_equals_the_uncompiled_one(kind):
     with pyro.validation_enabled(True):
         model, kwargs, start = _model(
             "ddm",
-            kind,
-            {"v": "partial", "a": "partial", "z": "complete", "t": "none"},
+            "neural" if kind == "formula" else kind,
+            {"v": "partial", "a": "partial", "z": "complete", "t": "none"}
+            if kind != "formula"
+            else {"a": "partial", "z": "complete", "t": "none"},
             0.05 if kind == "neural" else None,
+            FORMULA if kind == "formula" else None,
         )
         init, pyro_fn, _ = _pyro_potential(model, kwargs, start)
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # no fallback
-            compiled = compiled_potential(model, kwargs, start)
+            compiled = compiled_potential(model, kwargs, [start])
     assert compiled is not None
     for point in _random_points(init, 3, seed=2):
         expected_grads, expected = potential_grad(pyro_fn, point)
@@ -175,12 +183,32 @@ def test_a_failing_compiler_leaves_the_fit_as_without_it(monkeypatch, cookie_dat
         "posterior_predictive": False,
     }
     plain = sbi_plugins.fit(small, "cookie", compile=False, **common)
-    monkeypatch.setattr(potential_module.torch, "compile", broken)
+    monkeypatch.setattr(compile_module.torch, "compile", broken)
     with pytest.warns(UserWarning, match="could not compile.*no C\\+\\+ compiler"):
         fallback = sbi_plugins.fit(small, "cookie", compile=True, **common)
     np.testing.assert_array_equal(
         fallback.posterior["lam"].values, plain.posterior["lam"].values
     )
+
+
+def test_a_potential_that_disagrees_with_pyros_is_never_sampled(monkeypatch):
+    """The run-time check: a derived potential that differs from Pyro's (here: one
+    that forgets the Jacobian of the transforms) is refused with a warning naming
+    the difference, and the fit would sample Pyro's own. torch.compile is replaced
+    by the identity, so the check itself is what is tested, with no compiler."""
+    model, kwargs, start = _model("cookie", "exact", "partial")
+    monkeypatch.setattr(compile_module.torch, "compile", lambda fn, **_: fn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        assert compiled_potential(model, kwargs, [start]) is not None
+
+    def without_jacobian(self, params):
+        values = {k: self.transforms[k].inv(v) for k, v in params.items()}
+        return -self.model.log_joint(values, **self.model_kwargs)
+
+    monkeypatch.setattr(Potential, "__call__", without_jacobian)
+    with pytest.warns(UserWarning, match=r"disagrees with Pyro's potential .*value"):
+        assert compiled_potential(model, kwargs, [start]) is None
 
 
 def test_compiling_is_the_default_for_long_sampling_of_large_data_only(monkeypatch):
@@ -222,6 +250,14 @@ def test_a_compiled_fit_samples_the_same_posterior():
     their difference (the draws differ: rounding sends NUTS down other paths)."""
     import arviz as az
 
+    compiles = []
+
+    def counting_backend(graph, example_inputs):
+        compiles.append(graph)
+        return graph.forward
+
+    users_own = torch.compile(lambda x: x.sin() * 2, backend=counting_backend)
+    users_own(torch.ones(3))
     trials = _ddm_trials()
     common = {
         "group": "participant_id",
@@ -249,3 +285,6 @@ def test_a_compiled_fit_samples_the_same_posterior():
     assert not np.array_equal(
         fits[False].posterior["v"].values, fits[True].posterior["v"].values
     )
+    # the user's own compiled function was left compiled (no global reset)
+    users_own(torch.ones(3))
+    assert len(compiles) == 1

@@ -15,11 +15,11 @@ import sbi_plugins
 from sbi_plugins.contract import Parameter
 from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import DataError
-from sbi_plugins.inference.starts import log_density
+from sbi_plugins.inference.starts import chain_starts, log_density, start_problem
 from sbi_plugins.likelihoods.distribution import Likelihood
 from sbi_plugins.likelihoods.lapse import make_lapse
-from sbi_plugins.model.pooling import POOLING_MODES, normalize_pooling, plan_parameters
-from sbi_plugins.runner import build_model, model_start
+from sbi_plugins.model.model import build_model, plan_model
+from sbi_plugins.model.pooling import POOLING_MODES
 
 
 def _ddm():
@@ -33,21 +33,20 @@ def _trials(seed: int, subjects: int = 6, trials: int = 40):
     return simulate_dataset(subjects, trials, seed=seed, population=population)[0]
 
 
-def _starts(data, pooling, lik, p_outlier=None, chains=4):
-    """The chains' starting values of the runner's own model, as `fit` makes them."""
-    from sbi_plugins.runner import pooling_chain_starts
-
+def _model(data, pooling, lik, p_outlier=None, formulas=None):
+    """The model `fit` builds, and its keyword arguments."""
     sim = lik.simulator
     prepared = prepare_data(data, sim, "participant_id")
-    plans = plan_parameters(sim, normalize_pooling(pooling, sim, True), None)
+    parameters = plan_model(sim, data, "participant_id", pooling, formulas)
     lapse = make_lapse(p_outlier, sim, prepared.x)
-    model, kwargs = build_model(plans, prepared, lik, lapse)
-    start = model_start(model, prepared, sim)
-    return (
-        model,
-        kwargs,
-        pooling_chain_starts(model, kwargs, start, prepared, chains, 0),
-    )
+    return (*build_model(parameters, prepared, lik, lapse), prepared)
+
+
+def _starts(data, pooling, lik, p_outlier=None, chains=4, formulas=None):
+    """The chains' starting values of the model, as the NUTS method makes them."""
+    model, kwargs, prepared = _model(data, pooling, lik, p_outlier, formulas)
+    problem = start_problem(model, kwargs, prepared)
+    return model, kwargs, chain_starts(model, kwargs, model.start(), chains, 0, problem)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -82,31 +81,16 @@ def test_the_default_starts_with_the_shipped_estimator_and_fast_guesses(p_outlie
             assert 0 < float(start["p_outlier"]) < 1
 
 
-def test_a_formula_with_t_by_subject_starts():
-    """The formula path builds its start the same way (t below every RT)."""
-    from sbi_plugins.model.formula_fit import plan_from_arguments
-    from sbi_plugins.model.formulas import FormulaModel
-
-    sim = _ddm()
-    data = _trials(4)
-    plan = plan_from_arguments(
-        data,
-        sim,
-        {"t": "t ~ 1 + (1|participant_id)", "v": "v ~ 0 + C(participant_id)"},
-        "partial",
-        "participant_id",
-        None,
+@pytest.mark.parametrize("pooling", POOLING_MODES)
+def test_a_formula_with_t_by_subject_starts(pooling):
+    """Formulas start the same way (t's intercept below every RT), beside pooled
+    parameters in every mode."""
+    formulas = {"t": "t ~ 1 + (1|participant_id)", "v": "v ~ 0 + C(participant_id)"}
+    model, kwargs, starts = _starts(
+        _trials(4), pooling, Likelihood(_ddm()), formulas=formulas
     )
-    model = FormulaModel(plan)
-    prepared = prepare_data(data, sim, "participant_id")
-    kwargs = {
-        "x": torch.as_tensor(prepared.x),
-        "cell_index": torch.as_tensor(plan.cell_index),
-        "likelihood": Likelihood(sim),
-        "site": "rt,response",
-    }
-    start = model.start({"t": float(data["rt"].min())})
-    assert np.isfinite(log_density(model, kwargs, start))
+    for start in starts:
+        assert np.isfinite(log_density(model, kwargs, start))
 
 
 def _with_t_from(lower: float):
@@ -125,11 +109,8 @@ def test_a_row_below_the_smallest_shift_is_refused_naming_it_and_the_remedy():
     with pytest.raises(DataError, match=r"'rt'.*0\.1.*'t'.*row 7.*p_outlier"):
         sbi_plugins.fit(data, sim, group="participant_id", likelihood="exact")
     # with lapses the same row is the lapse's to explain: the fit starts
-    prepared = prepare_data(data, sim, "participant_id")
-    lapse = make_lapse(0.05, sim, prepared.x)
-    plans = plan_parameters(sim, normalize_pooling("partial", sim, True), None)
-    model, kwargs = build_model(plans, prepared, Likelihood(sim), lapse)
-    assert np.isfinite(log_density(model, kwargs, model_start(model, prepared, sim)))
+    model, kwargs, _ = _model(data, "partial", Likelihood(sim), 0.05)
+    assert np.isfinite(log_density(model, kwargs, model.start()))
 
 
 def test_a_start_with_zero_likelihood_names_the_rows_and_group():

@@ -69,22 +69,49 @@ def laplace_start(
     init: dict[str, torch.Tensor] | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None:
     """Per-chain initial values (the mode, jittered by half a posterior sd) in the
-    constrained space, and the inverse mass per site; None where it fails. The
-    search for the mode starts at `init` (constrained values; see
-    `sbi_plugins.inference.starts`), or where Pyro's default start puts it."""
-    torch.manual_seed(seed)
+    constrained space, and the inverse mass per site. The search for the mode
+    starts at `init` (constrained values; see `sbi_plugins.model.support`), or
+    where Pyro's default start puts it. None, with a warning that says why, where
+    there is no usable mode: NUTS then starts from `init` with a unit mass matrix
+    (the same posterior, a longer first adaptation window). The user's global
+    random state is left as it was."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        found = _laplace(model, model_kwargs, chains, seed, init)
+    if isinstance(found, str):
+        warnings.warn(
+            f"no Laplace start ({found}); NUTS starts from the values built from the "
+            "data with a unit mass matrix: the same posterior, a longer first "
+            "adaptation window",
+            stacklevel=3,
+        )
+        return None
+    return found
+
+
+def _laplace(
+    model: Callable[..., None],
+    model_kwargs: dict[str, Any],
+    chains: int,
+    seed: int,
+    init: dict[str, torch.Tensor] | None,
+) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | str:
+    """The Laplace start, or why there is none."""
     strategy = {} if init is None else {"init_strategy": init_to_value(values=init)}
     try:
         init, potential_fn, transforms, _ = initialize_model(
             model, model_kwargs=model_kwargs, **strategy
         )
-    except (RuntimeError, ValueError):
-        return None
+    except (RuntimeError, ValueError) as exc:
+        return f"Pyro could not set the model up: {str(exc).splitlines()[0]}"
     names = sorted(init)
     shapes = [tuple(init[n].shape) for n in names]
     x0 = _flat(names, init)
     if x0.numel() > MAX_DIM:
-        return None
+        return (
+            f"{x0.numel()} unconstrained dimensions, more than the {MAX_DIM} its "
+            "Hessian is computed for"
+        )
 
     def potential(flat: torch.Tensor) -> torch.Tensor:
         return potential_fn(_unflat(names, shapes, flat))
@@ -119,7 +146,7 @@ def laplace_start(
     mode = best[1]
     value, _ = gradient(mode)
     if not torch.isfinite(value):
-        return None
+        return "the search for the mode found no point of finite density"
     d = mode.numel()
     _, center = gradient(mode)
     hessian = torch.empty(d, d, dtype=torch.float64)
@@ -139,7 +166,7 @@ def laplace_start(
             hessian[i] = 0.0
             hessian[i, i] = 1 / STEP**2
     if not torch.isfinite(hessian).all():
-        return None
+        return "the Hessian at the mode is not finite"
     hessian = 0.5 * (hessian + hessian.T)
     try:
         variance = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(hessian)))

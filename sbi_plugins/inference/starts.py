@@ -1,4 +1,4 @@
-"""Where NUTS starts: inside the support of every configuration, by construction.
+"""Where NUTS's chains start: inside the support of every configuration.
 
 Pyro's default start draws every value at random in (-2, 2) on the unconstrained
 scale. A reaction time has zero density below its non-decision time, so once `t`
@@ -8,8 +8,9 @@ is built from the data instead: every parameter at its typical value (the mean o
 its `mu` hyperprior, inside the box), except a shift parameter (`Observable.shift`),
 which starts halfway between its lower bound and the smallest value of its
 observable in each group (with lapses, a low quantile: a fast guess is the lapse's
-to explain). Chains start from this point jittered on the unconstrained scale, each
-jitter kept only where the log density stays finite.
+to explain); see `sbi_plugins.model.support` and `HierarchicalModel.start`. Chains
+start from this point jittered on the unconstrained scale, each jitter kept only
+where the log density stays finite.
 
 Where even that start has zero density, the rows responsible are named in one line
 (`StartError`), never Pyro's traceback.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,14 +29,13 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 from torch import Tensor
 
-from sbi_plugins.contract import Simulator
+from sbi_plugins.data import PreparedData
 from sbi_plugins.errors import DataError, describe_rows
 from sbi_plugins.likelihoods.distribution import Likelihood
 
-SHIFT_FRACTION = 0.5
-"""A shift parameter starts this far from its lower bound towards its ceiling."""
-LAPSE_QUANTILE = 0.05
-"""With lapses, a group's ceiling is this quantile of its values, not the minimum."""
+if TYPE_CHECKING:
+    from sbi_plugins.model.model import HierarchicalModel
+
 JITTER = (0.3, 0.1, 0.0)
 """Per-chain jitter sds on the unconstrained scale, tried in turn."""
 
@@ -44,75 +44,12 @@ class StartError(DataError):
     """No valid starting point: the message names the parameter, group and rows."""
 
 
-def shift_ceilings(
-    simulator: Simulator,
-    x: np.ndarray,
-    index: np.ndarray,
-    num_groups: int,
-    lapses: bool,
-) -> dict[str, np.ndarray]:
-    """Per shift parameter, per group: the value it must stay below (the group's
-    smallest observation, or a low quantile of them when lapses explain the rest).
-    Groups without rows get +inf."""
-    out: dict[str, np.ndarray] = {}
-    for j, obs in enumerate(simulator.observables):
-        if obs.shift is None:
-            continue
-        ceiling = np.full(num_groups, np.inf)
-        for g in range(num_groups):
-            values = x[index == g, j]
-            if len(values):
-                ceiling[g] = (
-                    np.quantile(values, LAPSE_QUANTILE) if lapses else values.min()
-                )
-        previous = out.get(obs.shift)
-        out[obs.shift] = ceiling if previous is None else np.minimum(previous, ceiling)
-    return out
-
-
-def check_explainable(
-    simulator: Simulator,
-    x: np.ndarray,
-    labels: np.ndarray | None,
-    lapses: bool,
-) -> None:
-    """Refuse rows that no parameter in the box can explain (a value at or below
-    the lowest shift the estimator knows), before any estimator is trained."""
-    if lapses:
-        return
-    bounds = {p.name: p for p in simulator.parameters}
-    for j, obs in enumerate(simulator.observables):
-        if obs.shift is None:
-            continue
-        parameter = bounds[obs.shift]
-        bad = x[:, j] <= parameter.lower
-        if bad.any():
-            raise DataError(
-                f"column {obs.name!r} is at or below {parameter.lower:g}, the "
-                f"smallest {parameter.name!r} the model allows, at "
-                f"{describe_rows(bad, labels)}: no parameter value can produce "
-                "them. Fast guesses like these need a lapse component: "
-                "p_outlier=0.05 (--p-outlier 0.05), or drop the rows"
-            )
-
-
-def start_value(
-    center: float, lower: float, upper: float, ceiling: float = np.inf
-) -> float:
-    """`center` kept strictly inside the box and, for a shift, below the ceiling."""
-    margin = 1e-3 * (upper - lower)
-    value = min(max(center, lower + margin), upper - margin)
-    if np.isfinite(ceiling):
-        value = min(value, lower + SHIFT_FRACTION * (ceiling - lower))
-    return max(value, lower + margin * 1e-3)
-
-
 @dataclass
 class StartProblem:
     """What `chain_starts` needs to say which rows stop a start."""
 
     likelihood: Likelihood
-    theta: Callable[[Mapping[str, Tensor]], Tensor]  # start -> (groups, params)
+    theta: Callable[[Mapping[str, Tensor]], Tensor]  # start -> (cells, params)
     index: np.ndarray
     x: np.ndarray
     row_labels: np.ndarray
@@ -197,3 +134,19 @@ def chain_starts(
             | {k: v for k, v in start.items() if k not in transforms}
         )
     return starts
+
+
+def start_problem(
+    model: HierarchicalModel, model_kwargs: Mapping[str, Any], data: PreparedData
+) -> StartProblem:
+    """What names the rows (and groups or cells) where the model cannot start."""
+    cells = model.cells
+    return StartProblem(
+        model_kwargs["likelihood"],
+        model.cell_parameters,
+        cells.index,
+        data.x,
+        data.row_labels,
+        cells.labels,
+        cells.name,
+    )

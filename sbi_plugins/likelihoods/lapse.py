@@ -20,7 +20,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import pyro
 import pyro.distributions as dist
 import torch
 from torch import Tensor
@@ -102,12 +101,6 @@ class Lapse:
     distribution: LapseDistribution
     fixed: float | None = None
     prior: Distribution | None = None
-
-    def sample_share(self) -> Tensor:
-        """`p_outlier` inside a Pyro model: a constant or a sampled site."""
-        if self.prior is None:
-            return torch.tensor(self.fixed, dtype=torch.float64)
-        return pyro.sample(SITE, self.prior)
 
     def start_share(self) -> Tensor:
         """Where a sampled `p_outlier` starts: its prior's mean."""
@@ -199,14 +192,6 @@ class LapseMixture(dist.TorchDistribution):
 
     def log_prob(self, x: Tensor) -> Tensor:
         return mix(self.rows.log_prob(x), self.lapse_log_density, self.share)
-
-
-def with_lapses(rows: Distribution, lapse: Lapse | None) -> Distribution:
-    """Inside a Pyro model: the rows' distribution, mixed with lapses where the
-    model has them (sampling `p_outlier` when it has a prior)."""
-    if lapse is None:
-        return rows
-    return LapseMixture(rows, lapse.sample_share(), lapse.distribution.log_density)
 
 
 def share_draws(

@@ -17,6 +17,11 @@ from pyro.distributions.torch_distribution import TorchDistributionMixin
 from torch.distributions import constraints
 
 _TINY = 1e-300
+REJECTION_ROUNDS = 20
+"""Rounds of rejection sampling before the rest is drawn from the grid."""
+GRID = 4097
+"""Points of the grid on which a truncated density's distribution function is
+inverted when rejection leaves draws undone."""
 
 
 def gammainc(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -118,17 +123,45 @@ class TruncatedToBox(dist.TorchDistribution):
         return torch.where(inside, lp, torch.full_like(lp, -math.inf))
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
-        """Rejection from the base (prior draws only, never inside NUTS)."""
+        """Rejection from the base (prior draws only, never inside NUTS); what a few
+        rounds leave (a population with little mass in the box) is drawn by
+        inverting the truncated density's distribution function on a fine grid."""
         with torch.no_grad():
             shape = self._extended_shape(sample_shape)
-            out = self.base.sample(sample_shape)
-            for _ in range(1000):
+            out = self.base.expand(self.batch_shape).sample(sample_shape)
+            for _ in range(REJECTION_ROUNDS):
                 bad = (out < self.low) | (out > self.high)
                 if not bad.any():
                     return out
                 out = torch.where(bad, self.base.sample(sample_shape), out)
-            uniform = self.low + (self.high - self.low) * torch.rand(shape)
-            return torch.where(bad, uniform.to(out.dtype), out)
+            bad = (out < self.low) | (out > self.high)
+            if not bad.any():
+                return out
+            return torch.where(bad, self._grid_sample(shape).to(out.dtype), out)
+
+    def _grid_sample(self, shape: torch.Size) -> torch.Tensor:
+        """Draws of `shape` from the base's density on [low, high], by the inverse of
+        its distribution function on a grid of `GRID` points per batch element
+        (trapezoids of the density, exact to the grid's resolution in any tail)."""
+        batch = self.batch_shape
+        steps = torch.linspace(0, 1, GRID, dtype=torch.float64)
+        steps = steps.reshape(GRID, *([1] * len(batch)))
+        low, high = self.low.double(), self.high.double()
+        grid = low + (high - low) * steps  # (GRID, *batch)
+        lp = self.base.log_prob(grid.to(self.low.dtype)).double()
+        density = torch.exp(lp - lp.max(0).values).nan_to_num(0.0)
+        area = 0.5 * (density[1:] + density[:-1]) * (grid[1:] - grid[:-1])
+        cdf = torch.cat([torch.zeros_like(area[:1]), area.cumsum(0)])
+        cdf = (cdf / cdf[-1].clamp_min(1e-300)).reshape(GRID, -1).T  # (B, GRID)
+        points = grid.expand(GRID, *batch).reshape(GRID, -1).T.contiguous()
+        count = int(torch.Size(shape).numel() // max(1, batch.numel()))
+        u = torch.rand(cdf.shape[0], count, dtype=torch.float64)
+        right = torch.searchsorted(cdf.contiguous(), u).clamp(1, GRID - 1)
+        c0, c1 = cdf.gather(1, right - 1), cdf.gather(1, right)
+        x0, x1 = points.gather(1, right - 1), points.gather(1, right)
+        weight = ((u - c0) / (c1 - c0).clamp_min(1e-300)).clamp(0, 1)
+        draws = x0 + weight * (x1 - x0)  # (B, count)
+        return draws.T.reshape(shape)
 
     def expand(self, batch_shape, _instance=None):
         return TruncatedToBox(self.base.expand(batch_shape), self.low, self.high)

@@ -15,7 +15,8 @@ training box:
 ever leaves the box, whatever the coefficients. Rows with the same design rows get
 the same parameters: the likelihood is scored once per unique row ("cell", e.g.
 subject x condition) through the grouped fast path, with a cell index in place of
-the group index.
+the group index. A formula is one kind of parameter in the one hierarchical model
+(`sbi_plugins.model.model`); the other parameters keep their pooling and priors.
 """
 
 from __future__ import annotations
@@ -26,16 +27,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-import pyro
 import pyro.distributions as dist
 import torch
+from torch import Tensor
 
 from sbi_plugins.contract import Parameter, PopulationPrior, Simulator
-from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.inference.starts import start_value
-from sbi_plugins.likelihoods.lapse import SITE as LAPSE_SITE
-from sbi_plugins.likelihoods.lapse import Lapse, with_lapses
-from sbi_plugins.model.pooling import typical_value
+from sbi_plugins.errors import SbiPluginsError, describe_rows
+from sbi_plugins.model.sites import Sites
+from sbi_plugins.model.support import start_value, typical_value
 
 INTERCEPT_SCALE = 1.5
 """Prior sd of an intercept on the link scale: a 94% interval covers ~90% of the box."""
@@ -83,12 +82,18 @@ class GroupTerm:
 
 @dataclass
 class ParameterFormula:
-    """One parameter's formula, its design and the link onto its box."""
+    """One parameter's formula, its design and the link onto its box: a parameter
+    of the hierarchical model whose value varies by cell (see `bind`)."""
 
     parameter: Parameter
     formula: str
     common: list[CommonTerm] = field(default_factory=list)
     group: list[GroupTerm] = field(default_factory=list)
+    prior: PopulationPrior | None = None
+    """The parameter's population prior: its mean centres the intercept's prior."""
+    pooling = "formula"
+    grouped = False  # its variation over groups is in its design, not a plate
+    hyper_names: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -101,6 +106,159 @@ class ParameterFormula:
 
     def var(self, term: str) -> str:
         return f"{self.name}_{term}"
+
+    def bind(self, cell_rows: np.ndarray) -> None:
+        """Fix the design at the model's cells (one representative row each) and
+        build the coefficients' priors once: the model's hot path only multiplies."""
+        self._cell_rows = cell_rows
+        self._common = [
+            (
+                self.var(t.name),
+                torch.as_tensor(t.columns[cell_rows]).T.contiguous(),
+                dist.Normal(
+                    torch.as_tensor(t.loc),
+                    torch.as_tensor(t.scale),
+                    validate_args=False,
+                ).to_event(1),
+            )
+            for t in self.common
+        ]
+        self._group = [
+            (
+                self.var(t.name),
+                _by_coefficient(t, t.matrix[cell_rows]),
+                dist.HalfNormal(
+                    torch.full((t.shape[1],), SIGMA_SCALE, dtype=torch.float64),
+                    validate_args=False,
+                ).to_event(1),
+                dist.Normal(
+                    torch.zeros(t.shape, dtype=torch.float64), 1.0, validate_args=False
+                ).to_event(2),
+            )
+            for t in self.group
+        ]
+
+    def sample(self, sites: Sites, ceiling: Tensor | None = None) -> dict[str, Tensor]:
+        """Its coefficients: fixed ones, then each group term's sds and offsets."""
+        values = {name: sites.sample(name, prior) for name, _, prior in self._common}
+        for name, _, sigma, offset in self._group:
+            values[f"{name}_sigma"] = sites.sample(f"{name}_sigma", sigma)
+            values[f"{name}_offset"] = sites.sample(f"{name}_offset", offset)
+        return values
+
+    def cell_values(
+        self, values: Mapping[str, Tensor], cell_group: Tensor | None, cells: int
+    ) -> Tensor:
+        """`(..., cells)`: the linear predictor at each cell, through the link;
+        leading (draw) dimensions of the coefficients broadcast."""
+        eta = torch.zeros(cells, dtype=torch.float64)
+        for name, x, _ in self._common:
+            eta = eta + values[name] @ x
+        for name, z, _, _ in self._group:
+            sigma, offset = values[f"{name}_sigma"], values[f"{name}_offset"]
+            coefficients = sigma[..., None, :] * offset  # (..., levels, exprs)
+            eta = eta + coefficients.flatten(-2) @ z
+        return link(eta, self.parameter.lower, self.parameter.upper)
+
+    def start(self, ceiling: np.ndarray | None, num_groups: int) -> dict[str, Tensor]:
+        """Constrained starting values: every cell at the parameter's typical value
+        (a shift parameter below its ceiling, the least over the groups), group
+        terms at small spreads with zero offsets."""
+        p = self.parameter
+        bound = np.inf if ceiling is None else float(np.min(ceiling))
+        target = start_value(typical_value(p, self.prior), p.lower, p.upper, bound)
+        eta = float(inverse_link(target, p.lower, p.upper))
+        values: dict[str, Tensor] = {}
+        if self.common:
+            rows = self._cell_rows
+            design = np.concatenate([t.columns[rows] for t in self.common], axis=1)
+            beta = np.linalg.lstsq(design, np.full(len(design), eta), rcond=None)[0]
+            sizes = np.cumsum([t.size for t in self.common])[:-1]
+            for t, part in zip(self.common, np.split(beta, sizes), strict=True):
+                values[self.var(t.name)] = torch.as_tensor(part).double()
+        for t in self.group:
+            name = self.var(t.name)
+            values[f"{name}_sigma"] = torch.full(
+                (t.shape[1],), 0.1 * SIGMA_SCALE, dtype=torch.float64
+            )
+            values[f"{name}_offset"] = torch.zeros(t.shape, dtype=torch.float64)
+        return values
+
+    def attrs(self) -> dict[str, object]:
+        """The formula and each coefficient's prior (link scale), for attrs."""
+        priors = {}
+        for t in self.common:
+            priors[self.var(t.name)] = ", ".join(
+                f"Normal({m:.3g}, {s:.3g})" for m, s in zip(t.loc, t.scale, strict=True)
+            )
+        for t in self.group:
+            priors[f"{self.var(t.name)}_sigma"] = f"HalfNormal({SIGMA_SCALE:g})"
+        p = self.parameter
+        return {
+            "pooling": self.pooling,
+            "formula": self.formula,
+            "link": f"{p.lower:g} + {p.width:g} * sigmoid(linear predictor)",
+            "prior": priors,
+        }
+
+    def posterior_variables(
+        self, raw: Mapping[str, np.ndarray], group_dim: str
+    ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
+        """Its draws named and shaped as Bambi/HSSM name them (`v_Intercept`,
+        `v_difficulty`, `v_1|participant_id` over the participants, its `_sigma`),
+        with dims and coords for ArviZ."""
+        out: dict[str, np.ndarray] = {}
+        dims: dict[str, list[str]] = {}
+        coords: dict[str, list[str]] = {}
+        for t in self.common:
+            name = self.var(t.name)
+            values = raw[name]
+            if t.size == 1:
+                out[name] = values[..., 0]
+            else:
+                out[name] = values
+                dims[name] = [f"{name}_dim"]
+                coords[f"{name}_dim"] = t.levels
+        for t in self.group:
+            name = self.var(t.name)
+            sigma, offset = raw[f"{name}_sigma"], raw[f"{name}_offset"]
+            factor_dim = f"{t.factor}__factor_dim"
+            coords[factor_dim] = t.groups
+            if len(t.exprs) == 1:
+                out[name] = sigma[..., None, 0] * offset[..., 0]
+                out[f"{name}_sigma"] = sigma[..., 0]
+                out[f"{name}_offset"] = offset[..., 0]
+                dims[name] = dims[f"{name}_offset"] = [factor_dim]
+            else:
+                expr_dim = f"{name}_expr_dim"
+                coords[expr_dim] = t.exprs
+                out[name] = sigma[..., None, :] * offset
+                out[f"{name}_sigma"] = sigma
+                out[f"{name}_offset"] = offset
+                dims[name] = dims[f"{name}_offset"] = [factor_dim, expr_dim]
+                dims[f"{name}_sigma"] = [expr_dim]
+        return out, dims, coords
+
+    def edge_values(
+        self,
+        raw: Mapping[str, np.ndarray],
+        theta: np.ndarray,
+        group_labels,
+        cell_labels,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Trial-wise draws per cell for the domain-edge check."""
+        return theta.reshape(-1, theta.shape[-1]), np.asarray(cell_labels)
+
+
+def _by_coefficient(term: GroupTerm, columns: np.ndarray) -> Tensor:
+    """`(levels * exprs, cells)`: the term's design columns summed into the row of
+    their coefficient (level, expr), so the term's contribution is one matrix
+    product with the flattened coefficients: no gather, whose backward scatter
+    torch.compile's CPU code generator failed on."""
+    levels, exprs = term.shape
+    out = np.zeros((levels * exprs, columns.shape[0]))
+    np.add.at(out, term.column_level * exprs + term.column_expr, columns.T)
+    return torch.as_tensor(out)
 
 
 def link(eta: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -166,20 +324,6 @@ def normalize_formulas(
     return out
 
 
-def pooling_formula(name: str, mode: str, group: str | None) -> str:
-    """The pooling shorthand as a formula: complete -> one common intercept,
-    partial -> random intercepts by group, none -> one coefficient per group."""
-    if mode == "complete" or group is None:
-        return "1"
-    if mode == "partial":
-        return f"1 + (1|{group})"
-    if mode == "none":
-        return f"0 + C({group})"
-    raise FormulaError(
-        f"pooling {mode!r} for {name!r} is not one of complete, none, partial"
-    )
-
-
 def _intercept_center(parameter: Parameter, prior: PopulationPrior | None) -> float:
     """The link-scale value of the plugin's typical parameter value."""
     fraction = (typical_value(parameter, prior) - parameter.lower) / parameter.width
@@ -205,8 +349,6 @@ def _check_columns(rhs: str, name: str, frame: pd.DataFrame) -> None:
     for v in sorted(variables):
         empty = frame[v].isna().to_numpy()
         if empty.any():
-            from sbi_plugins.errors import describe_rows
-
             raise FormulaError(
                 f"column {v!r} (in the formula for {name!r}) is empty at "
                 f"{describe_rows(empty, frame.index.to_numpy())}; drop or fill them"
@@ -236,7 +378,7 @@ def parse_formula(
             f"cannot build the design of the formula for {parameter.name!r} "
             f"({rhs!r}): {exc}"
         ) from exc
-    spec = ParameterFormula(parameter, f"{parameter.name} ~ {rhs}")
+    spec = ParameterFormula(parameter, f"{parameter.name} ~ {rhs}", prior=prior)
     if dm.common is not None:
         for term_name in dm.common.terms:
             columns = np.asarray(dm.common[term_name], dtype=float)
@@ -280,210 +422,3 @@ def parse_formula(
     if not spec.common and not spec.group:
         raise FormulaError(f"the formula for {parameter.name!r} ({rhs!r}) has no terms")
     return spec
-
-
-@dataclass
-class FormulaPlan:
-    """Every parameter's formula, and the cells: unique design rows."""
-
-    formulas: list[ParameterFormula]
-    cell_index: np.ndarray  # (rows,) -> cell
-    cell_rows: np.ndarray  # (cells,) a representative row of each cell
-    priors: dict[str, PopulationPrior] = field(default_factory=dict)
-
-    @property
-    def num_cells(self) -> int:
-        return len(self.cell_rows)
-
-    def describe(self) -> dict[str, str]:
-        return {f.name: f.formula for f in self.formulas}
-
-
-def plan_formulas(
-    simulator: Simulator,
-    frame: pd.DataFrame,
-    formulas: Mapping[str, str],
-    pooling: Mapping[str, str],
-    group: str | None,
-    priors: Mapping[str, PopulationPrior] | None = None,
-) -> FormulaPlan:
-    """A formula for every parameter (given, or the pooling shorthand translated)."""
-    priors = dict(simulator.population_priors) | dict(priors or {})
-    specs = []
-    for parameter in simulator.parameters:
-        rhs = formulas.get(parameter.name)
-        if rhs is None:
-            rhs = pooling_formula(parameter.name, pooling[parameter.name], group)
-        specs.append(parse_formula(parameter, rhs, frame, priors.get(parameter.name)))
-    design = np.concatenate([s.design() for s in specs], axis=1)
-    _, cell_rows, cell_index = np.unique(
-        design, axis=0, return_index=True, return_inverse=True
-    )
-    return FormulaPlan(specs, cell_index.reshape(-1), cell_rows, priors)
-
-
-class FormulaModel:
-    """The Pyro model: coefficients, link-scale linear predictors per cell, the box
-    link, then every data row scored at its cell's parameters."""
-
-    def __init__(self, plan: FormulaPlan, lapse: Lapse | None = None):
-        self.plan = plan
-        self.lapse = lapse
-        rows = plan.cell_rows
-        self._terms = []
-        for spec in plan.formulas:
-            common = [
-                (
-                    spec.var(t.name),
-                    torch.as_tensor(t.columns[rows]),
-                    torch.as_tensor(t.loc),
-                    torch.as_tensor(t.scale),
-                )
-                for t in spec.common
-            ]
-            group = [
-                (
-                    spec.var(t.name),
-                    t.shape,
-                    torch.as_tensor(t.matrix[rows]),
-                    torch.as_tensor(t.column_level),
-                    torch.as_tensor(t.column_expr),
-                )
-                for t in spec.group
-            ]
-            self._terms.append((spec.parameter, common, group))
-
-    def cell_parameters(self) -> torch.Tensor:
-        """Sample all coefficients; return `(cells, parameters)` inside the box."""
-        columns = []
-        for parameter, common, group in self._terms:
-            eta = torch.zeros(self.plan.num_cells, dtype=torch.float64)
-            for name, x, loc, scale in common:
-                beta = pyro.sample(
-                    name, dist.Normal(loc, scale, validate_args=False).to_event(1)
-                )
-                eta = eta + x @ beta
-            for name, shape, z, level, expr in group:
-                sigma = pyro.sample(
-                    f"{name}_sigma",
-                    dist.HalfNormal(
-                        torch.full((shape[1],), SIGMA_SCALE).double(),
-                        validate_args=False,
-                    ).to_event(1),
-                )
-                offset = pyro.sample(
-                    f"{name}_offset",
-                    dist.Normal(
-                        torch.zeros(shape, dtype=torch.float64),
-                        1.0,
-                        validate_args=False,
-                    ).to_event(2),
-                )
-                coefficients = sigma[expr] * offset[level, expr]
-                eta = eta + z @ coefficients
-            columns.append(link(eta, parameter.lower, parameter.upper))
-        return torch.stack(columns, dim=-1)
-
-    def __call__(self, x, cell_index, likelihood, site) -> None:
-        theta = self.cell_parameters()
-        rows = with_lapses(likelihood.rows(theta, cell_index), self.lapse)
-        with pyro.plate("__obs__", x.shape[0], dim=-1):
-            pyro.sample(site, rows, obs=x)
-
-    def start(self, ceilings: Mapping[str, float]) -> dict[str, torch.Tensor]:
-        """Constrained starting values (see `sbi_plugins.inference.starts`): every
-        cell at the parameter's typical value, a shift parameter below its ceiling (the least
-        over all rows), group terms at small spreads with zero offsets."""
-        values: dict[str, torch.Tensor] = {}
-        for spec in self.plan.formulas:
-            p = spec.parameter
-            target = start_value(
-                typical_value(p, self.plan.priors.get(p.name)),
-                p.lower,
-                p.upper,
-                float(ceilings.get(p.name, np.inf)),
-            )
-            eta = float(inverse_link(target, p.lower, p.upper))
-            if spec.common:
-                design = np.concatenate(
-                    [t.columns[self.plan.cell_rows] for t in spec.common], axis=1
-                )
-                beta = np.linalg.lstsq(design, np.full(len(design), eta), rcond=None)[0]
-                sizes = np.cumsum([t.size for t in spec.common])[:-1]
-                for t, part in zip(spec.common, np.split(beta, sizes), strict=True):
-                    values[spec.var(t.name)] = torch.as_tensor(part).double()
-            for t in spec.group:
-                name = spec.var(t.name)
-                values[f"{name}_sigma"] = torch.full(
-                    (t.shape[1],), 0.1 * SIGMA_SCALE, dtype=torch.float64
-                )
-                values[f"{name}_offset"] = torch.zeros(t.shape, dtype=torch.float64)
-        if self.lapse is not None and self.lapse.prior is not None:
-            values[LAPSE_SITE] = self.lapse.start_share()
-        return values
-
-
-def cell_parameter_draws(
-    posterior: Mapping[str, np.ndarray], plan: FormulaPlan
-) -> np.ndarray:
-    """(chain, draw, cell, parameter) from posterior draws, in numpy."""
-    rows = plan.cell_rows
-    columns = []
-    for spec in plan.formulas:
-        eta = 0.0
-        for t in spec.common:
-            eta = eta + np.einsum(
-                "...k,ck->...c", posterior[spec.var(t.name)], t.columns[rows]
-            )
-        for t in spec.group:
-            sigma = posterior[f"{spec.var(t.name)}_sigma"]
-            offset = posterior[f"{spec.var(t.name)}_offset"]
-            coef = (
-                sigma[..., t.column_expr] * offset[..., t.column_level, t.column_expr]
-            )
-            eta = eta + np.einsum("...j,cj->...c", coef, t.matrix[rows])
-        p = spec.parameter
-        columns.append(p.lower + p.width / (1 + np.exp(-eta)))
-    return np.stack(columns, axis=-1)
-
-
-def named_posterior(
-    posterior: Mapping[str, np.ndarray], plan: FormulaPlan
-) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
-    """Posterior arrays named and shaped as Bambi/HSSM name them (`v_Intercept`,
-    `v_difficulty`, `v_1|participant_id` over the participants, its `_sigma`),
-    with dims and coords for ArviZ."""
-    out: dict[str, np.ndarray] = {}
-    dims: dict[str, list[str]] = {}
-    coords: dict[str, list[str]] = {}
-    if LAPSE_SITE in posterior:
-        out[LAPSE_SITE] = posterior[LAPSE_SITE]
-    for spec in plan.formulas:
-        for t in spec.common:
-            name = spec.var(t.name)
-            values = posterior[name]
-            if t.size == 1:
-                out[name] = values[..., 0]
-            else:
-                out[name] = values
-                dims[name] = [f"{name}_dim"]
-                coords[f"{name}_dim"] = t.levels
-        for t in spec.group:
-            name = spec.var(t.name)
-            sigma, offset = posterior[f"{name}_sigma"], posterior[f"{name}_offset"]
-            factor_dim = f"{t.factor}__factor_dim"
-            coords[factor_dim] = t.groups
-            if len(t.exprs) == 1:
-                out[name] = sigma[..., None, 0] * offset[..., 0]
-                out[f"{name}_sigma"] = sigma[..., 0]
-                out[f"{name}_offset"] = offset[..., 0]
-                dims[name] = dims[f"{name}_offset"] = [factor_dim]
-            else:
-                expr_dim = f"{name}_expr_dim"
-                coords[expr_dim] = t.exprs
-                out[name] = sigma[..., None, :] * offset
-                out[f"{name}_sigma"] = sigma
-                out[f"{name}_offset"] = offset
-                dims[name] = dims[f"{name}_offset"] = [factor_dim, expr_dim]
-                dims[f"{name}_sigma"] = [expr_dim]
-    return out, dims, coords

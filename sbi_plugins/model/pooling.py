@@ -1,4 +1,4 @@
-"""Pooling spec and population priors -> a Pyro model with plates.
+"""Pooling per parameter: one value for all groups, one per group, or a population.
 
 Per parameter:
 - "complete": one value shared by all groups, prior = the `mu` hyperprior truncated
@@ -7,40 +7,45 @@ Per parameter:
 - "partial": `<p>_mu`, `<p>_sigma` ~ hyperpriors, and each group's value ~ the
   family(mu, sigma) truncated to the box and renormalized.
 Every group-level value therefore lives in the training box by construction: NUTS
-samples it through the interval's sigmoid transform.
+samples it through the interval's sigmoid transform. A parameter's prior depends on
+its own mode and prior only, never on what the other parameters are given.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cached_property
 
 import numpy as np
-import pyro
 import torch
+from torch import Tensor
+from torch.distributions import Distribution
 
 from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
 from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.inference.starts import start_value
-from sbi_plugins.likelihoods.lapse import SITE as LAPSE_SITE
-from sbi_plugins.likelihoods.lapse import Lapse, with_lapses
 from sbi_plugins.model.distributions import SampledBelow, TruncatedToBox, as_pyro
+from sbi_plugins.model.sites import Sites
+from sbi_plugins.model.support import start_value, typical_value
 from sbi_plugins.plugin.registry import get_registry
-
-if TYPE_CHECKING:
-    from sbi_plugins.likelihoods.distribution import Likelihood
 
 POOLING_MODES = ("complete", "none", "partial")
 DEFAULT_FAMILY = "normal"
 
 
+def unchecked(distribution: Distribution) -> Distribution:
+    """A copy that skips validating its values: the checks branch on tensor values,
+    which a compiled graph cannot hold, and NUTS's values are in the support by
+    construction (the transforms map onto it)."""
+    quiet = copy.copy(distribution)
+    quiet._validate_args = False
+    return quiet
+
+
 @dataclass(frozen=True)
 class ParameterPlan:
-    """How one parameter enters the model."""
+    """How one pooled parameter enters the model: its mode, prior and family."""
 
     parameter: Parameter
     pooling: str
@@ -59,6 +64,7 @@ class ParameterPlan:
 
     @property
     def grouped(self) -> bool:
+        """One value per group (rows of one group share it)."""
         return self.pooling != "complete"
 
     def describe(self) -> str:
@@ -68,20 +74,142 @@ class ParameterPlan:
         mu = self.prior.hyperpriors["mu"]
         return f"{self.name} ~ {type(mu).__name__} (the mu hyperprior) {box}"
 
+    def attrs(self) -> dict[str, object]:
+        """What InferenceData's attrs record of this parameter."""
+        return {"pooling": self.pooling, "prior": self.describe()}
+
+    def truncated(self, base: Distribution) -> TruncatedToBox:
+        """`base` restricted to the training box and renormalized."""
+        p = self.parameter
+        low = torch.tensor(p.lower, dtype=torch.float64)
+        return TruncatedToBox(base, low, torch.tensor(p.upper, dtype=torch.float64))
+
+    @cached_property
+    def hyperpriors(self) -> dict[str, Distribution]:
+        """The hyperpriors as sampled (Pyro distributions, values unchecked)."""
+        return {
+            h: as_pyro(unchecked(self.prior.hyperpriors[h]))
+            for h in self.family.hyperparameters
+        }
+
+    @cached_property
+    def fixed_prior(self) -> TruncatedToBox:
+        """The prior of a complete or unpooled value: `mu`'s hyperprior in the box."""
+        return self.truncated(unchecked(self.prior.hyperpriors["mu"]))
+
+    def sample(self, sites: Sites, ceiling: Tensor | None) -> dict[str, Tensor]:
+        """Its sites: hyperparameters, then the value(s); a shift parameter (with a
+        `ceiling` per group) is sampled below its groups' fastest observations."""
+        values: dict[str, Tensor] = {}
+        if self.pooling == "partial":
+            for h in self.family.hyperparameters:
+                values[f"{self.name}_{h}"] = sites.sample(
+                    f"{self.name}_{h}", self.hyperpriors[h]
+                )
+            hyper = {h: values[f"{self.name}_{h}"] for h in self.family.hyperparameters}
+            prior = self.truncated(self.family.build(**hyper))
+        else:
+            prior = self.fixed_prior
+        if ceiling is not None:
+            prior = SampledBelow(prior, ceiling if self.grouped else ceiling.min())
+        values[self.name] = sites.sample(self.name, prior, grouped=self.grouped)
+        return values
+
+    def cell_values(
+        self, values: Mapping[str, Tensor], cell_group: Tensor | None, cells: int
+    ) -> Tensor:
+        """`(..., cells)`: each cell's value (its group's, or the common one)."""
+        value = values[self.name]
+        if not self.grouped:
+            return value[..., None].expand(*value.shape, cells)
+        return value if cell_group is None else value[..., cell_group]
+
+    def start(self, ceiling: np.ndarray | None, num_groups: int) -> dict[str, Tensor]:
+        """Constrained starting values of its sites: the typical value (below each
+        group's ceiling for a shift), population mean and spread from those."""
+        p = self.parameter
+        center = typical_value(p, self.prior)
+        bound = np.broadcast_to(
+            np.inf if ceiling is None else np.asarray(ceiling, float), (num_groups,)
+        )
+        if self.grouped:
+            group = [start_value(center, p.lower, p.upper, c) for c in bound]
+        else:
+            group = [start_value(center, p.lower, p.upper, float(bound.min()))]
+        values = {
+            self.name: torch.tensor(
+                group if self.grouped else group[0], dtype=torch.float64
+            )
+        }
+        if self.pooling == "partial":
+            for h in self.family.hyperparameters:
+                guess = {
+                    "mu": float(np.mean(group)),
+                    "sigma": max(float(np.std(group)), 0.1 * p.width),
+                }.get(h)
+                hyperprior = self.prior.hyperpriors[h]
+                value = None if guess is None else torch.tensor(guess).double()
+                if value is None or not bool(hyperprior.support.check(value)):
+                    value = _median(hyperprior)
+                values[f"{self.name}_{h}"] = value
+        return values
+
+    def posterior_variables(
+        self, raw: Mapping[str, np.ndarray], group_dim: str
+    ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
+        """Its draws as InferenceData variables, with dims (the groups')."""
+        out = {name: raw[name] for name in [*self.hyper_names, self.name]}
+        dims = {self.name: [group_dim]} if self.grouped else {}
+        return out, dims, {}
+
+    def edge_values(
+        self,
+        raw: Mapping[str, np.ndarray],
+        theta: np.ndarray,
+        group_labels,
+        cell_labels,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Draws per unit (group, or the pooled value) for the domain-edge check."""
+        values = raw[self.name]
+        if not self.grouped:
+            return values.reshape(-1, 1), np.array(["(pooled)"])
+        return values.reshape(-1, values.shape[-1]), np.asarray(group_labels)
+
+
+def _median(distribution: Distribution) -> Tensor:
+    """A robust central value of any distribution: the median of 1001 draws, from
+    a seeded generator that leaves the user's global one alone."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        draws = distribution.sample((1001,))
+    return draws.median(0).values.double()
+
 
 def normalize_pooling(
-    pooling: str | Mapping[str, str], simulator: Simulator, has_groups: bool
+    pooling: str | Mapping[str, str],
+    simulator: Simulator,
+    has_groups: bool,
+    formulas: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """A pooling mode per parameter; a dict may omit parameters (they get partial)."""
-    names = simulator.parameter_names
+    """A pooling mode per parameter without a formula; a dict may omit parameters
+    (they get partial). Parameters with a formula take no pooling mode."""
+    formulas = formulas or {}
+    names = [n for n in simulator.parameter_names if n not in formulas]
     if isinstance(pooling, str):
         spec = dict.fromkeys(names, pooling)
     else:
-        unknown = set(pooling) - set(names)
+        unknown = set(pooling) - set(simulator.parameter_names)
         if unknown:
             raise SbiPluginsError(
                 f"pooling names unknown parameters {', '.join(sorted(unknown))}; "
-                f"{simulator.name} has {', '.join(names)}"
+                f"{simulator.name} has {', '.join(simulator.parameter_names)}"
+            )
+        both = sorted(set(pooling) & set(formulas))
+        if both:
+            raise SbiPluginsError(
+                f"{', '.join(map(repr, both))} has both a pooling mode and a formula; "
+                "give one (a formula such as 'v ~ 1 + (1|subject)' says the pooling "
+                "itself)"
             )
         spec = {n: pooling.get(n, "partial") for n in names}
     for name, mode in spec.items():
@@ -98,13 +226,11 @@ def normalize_pooling(
     return spec
 
 
-def plan_parameters(
-    simulator: Simulator,
-    pooling: Mapping[str, str],
-    priors: Mapping[str, PopulationPrior | str] | None = None,
-) -> list[ParameterPlan]:
-    """Choose each parameter's prior: the user's, else the plugin's default, else
-    the normal family with hyperpriors scaled to the training box."""
+def resolve_priors(
+    simulator: Simulator, priors: Mapping[str, PopulationPrior | str] | None = None
+) -> dict[str, PopulationPrior]:
+    """Each parameter's population prior: the user's, else the plugin's default,
+    else the normal family with hyperpriors scaled to the training box."""
     priors = dict(priors or {})
     unknown = set(priors) - set(simulator.parameter_names)
     if unknown:
@@ -113,7 +239,7 @@ def plan_parameters(
             f"{simulator.name} has {', '.join(simulator.parameter_names)}"
         )
     registry = get_registry()
-    plans = []
+    out = {}
     for parameter in simulator.parameters:
         prior = priors.get(
             parameter.name, simulator.population_priors.get(parameter.name)
@@ -130,144 +256,26 @@ def plan_parameters(
                 f"{', '.join(sorted(missing))} (family {family.name!r} needs "
                 f"{', '.join(family.hyperparameters)})"
             )
-        plans.append(ParameterPlan(parameter, pooling[parameter.name], prior, family))
-    return plans
+        out[parameter.name] = prior
+    return out
 
 
-def typical_value(parameter: Parameter, prior: PopulationPrior | None) -> float:
-    """The plugin's typical value of a parameter (the mean of its population `mu`
-    hyperprior), else the box's midpoint; kept 5% of the width inside the box."""
-    center = 0.5 * (parameter.lower + parameter.upper)
-    if prior is not None and "mu" in prior.hyperpriors:
-        with contextlib.suppress(NotImplementedError, TypeError, ValueError):
-            center = float(prior.hyperpriors["mu"].mean)
-    if not math.isfinite(center):
-        center = 0.5 * (parameter.lower + parameter.upper)
-    margin = 0.05 * parameter.width
-    return min(max(center, parameter.lower + margin), parameter.upper - margin)
-
-
-def describe_plans(plans: list[ParameterPlan]) -> str:
-    """JSON of pooling and priors, for InferenceData attrs."""
-    return json.dumps(
-        {p.name: {"pooling": p.pooling, "prior": p.describe()} for p in plans}
-    )
-
-
-class HierarchicalModel:
-    """The Pyro model: group-level parameters in plates, then the likelihood over
-    data rows in a plate of its own."""
-
-    def __init__(
-        self,
-        plans: list[ParameterPlan],
-        num_groups: int,
-        group_dim: str,
-        lapse: Lapse | None = None,
-        ceilings: Mapping[str, np.ndarray] | None = None,
-    ):
-        self.plans = plans
-        self.num_groups = num_groups
-        self.group_dim = group_dim
-        self.lapse = lapse
-        self.ceilings = {
-            k: torch.as_tensor(v, dtype=torch.float64)
-            for k, v in (ceilings or {}).items()
-        }
-        """Per shift parameter, each group's fastest observation: the posterior has
-        no mass above it (see `SampledBelow`); not used with lapses."""
-
-    def truncated(
-        self, plan: ParameterPlan, base: torch.distributions.Distribution
-    ) -> TruncatedToBox:
-        """`base` restricted to the plan's training box and renormalized."""
-        p = plan.parameter
-        low = torch.tensor(p.lower, dtype=torch.float64)
-        return TruncatedToBox(base, low, torch.tensor(p.upper, dtype=torch.float64))
-
-    def _below_ceiling(
-        self, plan: ParameterPlan, prior: TruncatedToBox
-    ) -> TruncatedToBox | SampledBelow:
-        """The prior, sampled only below the data's ceiling where it has one."""
-        ceiling = self.ceilings.get(plan.name)
-        if ceiling is None:
-            return prior
-        return SampledBelow(prior, ceiling if plan.grouped else ceiling.min())
-
-    def _sample_plan(self, plan: ParameterPlan, groups: pyro.plate) -> torch.Tensor:
-        if plan.pooling == "partial":
-            hyper = {
-                h: pyro.sample(f"{plan.name}_{h}", as_pyro(plan.prior.hyperpriors[h]))
-                for h in plan.family.hyperparameters
-            }
-            population = self.truncated(plan, plan.family.build(**hyper))
-            with groups:
-                return pyro.sample(plan.name, self._below_ceiling(plan, population))
-        prior = self._below_ceiling(
-            plan, self.truncated(plan, plan.prior.hyperpriors["mu"])
+def plan_parameters(
+    simulator: Simulator,
+    pooling: Mapping[str, str],
+    priors: Mapping[str, PopulationPrior | str] | None = None,
+) -> list[ParameterPlan]:
+    """The plans of the parameters `pooling` names (a mode each), in the
+    simulator's order, with their priors (`resolve_priors`)."""
+    resolved = resolve_priors(simulator, priors)
+    registry = get_registry()
+    return [
+        ParameterPlan(
+            p,
+            pooling[p.name],
+            resolved[p.name],
+            registry.prior_family(resolved[p.name].family),
         )
-        if plan.pooling == "none":
-            with groups:
-                return pyro.sample(plan.name, prior)
-        value = pyro.sample(plan.name, prior)
-        return value.expand(self.num_groups)
-
-    def group_parameters(self) -> torch.Tensor:
-        """Sample every parameter; return the `(groups, parameters)` matrix."""
-        groups = pyro.plate(self.group_dim, self.num_groups, dim=-1)
-        columns = [self._sample_plan(plan, groups) for plan in self.plans]
-        return torch.stack(columns, dim=-1)
-
-    def __call__(
-        self,
-        x: torch.Tensor,
-        group_index: torch.Tensor,
-        likelihood: Likelihood,
-        site: str,
-    ) -> None:
-        theta = self.group_parameters()
-        rows = with_lapses(likelihood.rows(theta, group_index), self.lapse)
-        with pyro.plate("__obs__", x.shape[0], dim=-1):
-            pyro.sample(site, rows, obs=x)
-
-    def start(self, ceilings: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-        """Constrained starting values of every site (see
-        `sbi_plugins.inference.starts`): typical values, shift parameters below their groups' ceilings, population
-        means and spreads from the group values."""
-        values: dict[str, torch.Tensor] = {}
-        for plan in self.plans:
-            p = plan.parameter
-            center = typical_value(p, plan.prior)
-            ceiling = np.asarray(ceilings.get(p.name, np.inf), dtype=float)
-            if plan.grouped:
-                ceiling = np.broadcast_to(ceiling, (self.num_groups,))
-                group = [start_value(center, p.lower, p.upper, c) for c in ceiling]
-            else:
-                group = [start_value(center, p.lower, p.upper, ceiling.min())]
-            values[plan.name] = torch.tensor(
-                group if plan.grouped else group[0], dtype=torch.float64
-            )
-            for h in plan.family.hyperparameters if plan.pooling == "partial" else ():
-                guess = {
-                    "mu": float(np.mean(group)),
-                    "sigma": max(float(np.std(group)), 0.1 * p.width),
-                }.get(h)
-                hyperprior = plan.prior.hyperpriors[h]
-                value = None if guess is None else torch.tensor(guess).double()
-                if value is None or not bool(hyperprior.support.check(value)):
-                    value = _median(hyperprior)
-                values[f"{plan.name}_{h}"] = value
-        if self.lapse is not None and self.lapse.prior is not None:
-            values[LAPSE_SITE] = self.lapse.start_share()
-        return values
-
-
-def _median(distribution: torch.distributions.Distribution) -> torch.Tensor:
-    """A robust central value of any distribution: the median of 1001 draws."""
-    generator_state = torch.get_rng_state()
-    try:
-        torch.manual_seed(0)
-        draws = distribution.sample((1001,))
-    finally:
-        torch.set_rng_state(generator_state)
-    return draws.median(0).values.double()
+        for p in simulator.parameters
+        if p.name in pooling
+    ]

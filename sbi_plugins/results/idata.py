@@ -12,7 +12,7 @@ import numpy as np
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
 from sbi_plugins.inference.nuts import STAT_DTYPES
-from sbi_plugins.model.pooling import ParameterPlan
+from sbi_plugins.model.model import observation_site
 
 OBS_DIM = "__obs__"
 
@@ -21,7 +21,7 @@ DISCRETE_KINDS = ("count", "choice")
 
 def log_likelihood_name(simulator: Simulator) -> str:
     """One variable for all observables, named as HSSM names it ("rt,response")."""
-    return ",".join(simulator.observable_names)
+    return observation_site(simulator)
 
 
 def data_fingerprint(x: np.ndarray) -> str:
@@ -70,24 +70,22 @@ def build_inference_data(
     *,
     posterior: dict[str, np.ndarray],
     sample_stats: dict[str, np.ndarray],
-    log_likelihood: np.ndarray,
+    log_likelihood: np.ndarray | None,
     posterior_predictive: dict[str, np.ndarray] | None,
     predictive_draw_index: np.ndarray | None = None,
     data: PreparedData,
     simulator: Simulator,
-    plans: list[ParameterPlan],
     attrs: dict[str, Any],
-    extra_dims: dict[str, list[str]] | None = None,
-    extra_coords: dict[str, Any] | None = None,
+    dims: dict[str, list[str]] | None = None,
+    coords: dict[str, Any] | None = None,
+    prior: dict[str, np.ndarray] | None = None,
+    prior_predictive: dict[str, np.ndarray] | None = None,
 ) -> az.InferenceData:
     """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...).
-    `extra_dims`/`extra_coords` name the dims of other posterior variables (the
-    coefficients of formula models)."""
+    `dims`/`coords` name the dims of the posterior's (and prior's) variables;
+    `prior` and `prior_predictive` fill ArviZ's groups of those names."""
     group_dim = data.group_dim
-    dims: dict[str, list[str]] = {
-        plan.name: [group_dim] for plan in plans if plan.grouped
-    }
-    dims.update(extra_dims or {})
+    dims = dict(dims or {})
     observed = observable_dtypes(
         simulator,
         {name: data.x[:, j] for j, name in enumerate(simulator.observable_names)},
@@ -98,8 +96,11 @@ def build_inference_data(
     dims[lik_name] = [OBS_DIM]
     constant = {f"{group_dim}_idx": data.group_index}
     dims[f"{group_dim}_idx"] = [OBS_DIM]
-    coords = {group_dim: _coord(data.group_labels), OBS_DIM: _coord(data.row_labels)}
-    coords.update({k: _coord(v) for k, v in (extra_coords or {}).items()})
+    all_coords = {
+        group_dim: _coord(data.group_labels),
+        OBS_DIM: _coord(data.row_labels),
+    }
+    all_coords.update({k: _coord(v) for k, v in (coords or {}).items()})
     attrs = {
         **attrs,
         "data_fingerprint": data_fingerprint(data.x),
@@ -113,15 +114,20 @@ def build_inference_data(
     groups: dict[str, Any] = {
         "posterior": posterior,
         "sample_stats": sample_stats_dtypes(sample_stats),
-        "log_likelihood": {lik_name: log_likelihood},
         "observed_data": observed,
         "constant_data": constant,
     }
+    if log_likelihood is not None:
+        groups["log_likelihood"] = {lik_name: log_likelihood}
     if posterior_predictive is not None:
         groups["posterior_predictive"] = observable_dtypes(
             simulator, posterior_predictive
         )
-    idata = az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+    if prior is not None:
+        groups["prior"] = prior
+    if prior_predictive is not None:
+        groups["prior_predictive"] = observable_dtypes(simulator, prior_predictive)
+    idata = az.from_dict(**groups, coords=all_coords, dims=dims, attrs=attrs)
     if posterior_predictive is not None and predictive_draw_index is not None:
         idata.posterior_predictive = idata.posterior_predictive.assign_coords(
             draw=predictive_draw_index

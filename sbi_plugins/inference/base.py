@@ -1,0 +1,80 @@
+"""One interface for inference methods: a method turns the model and its data into
+draws of every site plus its own sampler statistics.
+
+NUTS (`sbi_plugins.inference.nuts_method`) is the one method today; a variational
+method (Pyro SVI with an autoguide) is one more module that implements `run` and
+registers itself in `METHODS`. `fit(method=...)` picks one by name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from sbi_plugins.errors import SbiPluginsError
+
+if TYPE_CHECKING:
+    from sbi_plugins.data import PreparedData
+    from sbi_plugins.model.model import HierarchicalModel
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the user asked of the inference, whatever the method."""
+
+    draws: int = 1000
+    tune: int = 1000
+    chains: int = 4
+    seed: int = 0
+    cores: int | None = None
+    progress: bool = True
+    target_accept: float = 0.8
+    compile: bool | None = None
+
+
+@dataclass
+class Draws:
+    """A method's result: constrained draws of every latent site, `(chain, draw,
+    ...)`; its statistics per draw (ArviZ's `sample_stats`); attrs naming the
+    method and how it ran."""
+
+    posterior: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class InferenceMethod(Protocol):
+    name: str
+
+    def run(
+        self,
+        model: HierarchicalModel,
+        model_kwargs: Mapping[str, Any],
+        data: PreparedData,
+        settings: Settings,
+    ) -> Draws:
+        """Draws from the posterior of `model` given `model_kwargs`' data."""
+
+
+METHODS: dict[str, str] = {"nuts": "sbi_plugins.inference.nuts_method:Nuts"}
+"""Method name -> 'module:class', imported when asked for."""
+
+
+def get_method(name: str) -> InferenceMethod:
+    """The inference method called `name`; an error listing the methods else."""
+    if name not in METHODS:
+        raise SbiPluginsError(
+            f"method {name!r} is not an inference method; use one of "
+            f"{', '.join(map(repr, METHODS))}"
+        )
+    module, _, cls = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def stack_chains(per_chain: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-chain dicts of arrays -> one dict of `(chain, ...)` arrays."""
+    return {k: np.stack([chain[k] for chain in per_chain]) for k in per_chain[0]}

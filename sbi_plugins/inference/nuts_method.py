@@ -1,0 +1,91 @@
+"""NUTS behind the inference interface: starts from the data, a Laplace start for
+regression models, the compiled potential for long fits, divergences warned of."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from sbi_plugins.inference.base import Draws, Settings, stack_chains
+from sbi_plugins.inference.compile import compiled_potential, worth_compiling
+from sbi_plugins.inference.laplace import laplace_start
+from sbi_plugins.inference.nuts import run_nuts
+from sbi_plugins.inference.starts import chain_starts, start_problem
+
+if TYPE_CHECKING:
+    from sbi_plugins.data import PreparedData
+    from sbi_plugins.model.model import HierarchicalModel
+
+
+class Nuts:
+    """Pyro's NUTS, one process per chain (`sbi_plugins.inference.nuts`)."""
+
+    name = "nuts"
+
+    def run(
+        self,
+        model: HierarchicalModel,
+        model_kwargs: Mapping[str, Any],
+        data: PreparedData,
+        settings: Settings,
+    ) -> Draws:
+        s = settings
+        kwargs = dict(model_kwargs)
+        start = model.start()
+        problem = start_problem(model, kwargs, data)
+        starts = chain_starts(model, kwargs, start, s.chains, s.seed, problem)
+        inverse_mass = None
+        if model.has_formulas:
+            # link-scale coefficients differ in scale by orders of magnitude: start
+            # at the mode with the Laplace scales (`sbi_plugins.inference.laplace`)
+            mode = laplace_start(model, kwargs, s.chains, s.seed, init=start)
+            if mode is not None:
+                starts, inverse_mass = mode
+        potential = None
+        if worth_compiling(s.compile, s.chains, s.draws + s.tune, len(data.x)):
+            if s.progress:
+                tqdm.write("compiling the model's potential (cached for later fits)")
+            potential = compiled_potential(model, kwargs, starts)
+        results = run_nuts(
+            model,
+            kwargs,
+            draws=s.draws,
+            tune=s.tune,
+            chains=s.chains,
+            seed=s.seed,
+            progress=s.progress,
+            cores=s.cores,
+            target_accept=s.target_accept,
+            potential=potential,
+            starts=starts,
+            inverse_mass=inverse_mass,
+        )
+        sample_stats = stack_chains([r.stats for r in results])
+        warn_divergences(sample_stats, s.target_accept)
+        return Draws(
+            stack_chains([r.samples for r in results]),
+            sample_stats,
+            # the same seed gives the same draws only with the same setting
+            {"inference_method": self.name, "compiled": int(potential is not None)},
+        )
+
+
+def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) -> int:
+    """PyMC's warning: divergent transitions after tuning mean NUTS could not
+    follow the posterior somewhere, and the draws may be biased there."""
+    diverging = sample_stats.get("diverging")
+    count = 0 if diverging is None else int(np.sum(diverging))
+    if count:
+        warnings.warn(
+            f"{count} of {diverging.size} transitions diverged after tuning: the "
+            "posterior may be explored badly where they sit (az.plot_pair(idata, "
+            f"divergences=True)). Raise target_accept above {target_accept:g} "
+            "(e.g. 0.95; --target-accept 0.95), or simplify the model",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return count
