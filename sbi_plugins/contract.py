@@ -229,7 +229,7 @@ class Simulator:
     `network_condition` (optional) declares that, once shifts and scales are taken
     out, the data depend on the parameters only through these products of them, e.g.
     `({"v": 1, "a": 1}, {"z": 1})` for the DDM; the estimator is then conditioned on
-    those products (see `sbi_plugins.likelihoods.reduction`). Only declare an exact
+    those products (see `sbi_plugins.estimators.reduction`). Only declare an exact
     symmetry: `check` and the tests compare against the exact likelihood where
     there is one.
 

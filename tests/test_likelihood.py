@@ -129,7 +129,7 @@ def test_grouped_scoring_equals_scoring_each_row(lik, cookie):
 def test_grouped_gradients_equal_row_by_row_gradients(lik):
     """NUTS follows the gradient: one flat gather from the per-group table gives
     sbi's gradients, and the shipped cookie estimator does take that path."""
-    from sbi_plugins.likelihoods import grouped
+    from sbi_plugins.estimators import grouped
 
     assert lik._grouped is grouped.count_log_prob  # the build-time check passed
     gen = torch.Generator().manual_seed(1)

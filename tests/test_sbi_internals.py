@@ -202,7 +202,7 @@ def test_scoring_runs_the_self_test(
 def test_per_estimator_fallback_warns_with_the_reason(
     cookie, tiny_cookie_estimator, monkeypatch, broken, reason
 ):
-    from sbi_plugins.likelihoods import grouped
+    from sbi_plugins.estimators import grouped
     from sbi_plugins.likelihoods.distribution import Likelihood
 
     sbi_internals.check_sbi_internals("scoring")  # passes, before the break

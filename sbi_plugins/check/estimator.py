@@ -16,7 +16,7 @@ from sbi_plugins.check.contract import describe_box
 from sbi_plugins.check.report import FAIL, PASS, SKIP, CheckReport
 from sbi_plugins.contract import Simulator, outside_support
 from sbi_plugins.errors import EstimatorError
-from sbi_plugins.likelihoods import reduction
+from sbi_plugins.estimators import reduction
 from sbi_plugins.plugin.registry import get_registry
 
 if TYPE_CHECKING:

@@ -1,4 +1,7 @@
-"""Train, save, load and find likelihood estimators.
+"""Train, save, load and find likelihood estimators; everything that knows how
+sbi's networks are built: the reductions they are trained under (`reduction`), the
+per-group scoring of their outputs (`grouped`), and sbi's internals
+(`sbi_internals`, the only module that reads them).
 
 Loaded lazily: the registry reads estimator files' metadata (`estimators.format`)
 without importing sbi and torch's trainers."""

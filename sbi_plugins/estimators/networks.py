@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from sbi_plugins.errors import EstimatorError
+from sbi_plugins.estimators.reduction import NetworkCondition
 from sbi_plugins.estimators.sbi_internals import mnle_parts, replace_choice_net
-from sbi_plugins.likelihoods.reduction import NetworkCondition
 
 ACTIVATIONS = {"relu": F.relu, "silu": F.silu, "tanh": torch.tanh}
 

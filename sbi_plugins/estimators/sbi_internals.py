@@ -436,8 +436,8 @@ def _check_training_epoch() -> None:
 
 
 def _check_categorical() -> None:
+    from sbi_plugins.estimators import grouped
     from sbi_plugins.estimators.networks import build_network
-    from sbi_plugins.likelihoods import grouped
 
     theta = torch.rand(32, 1) * 10
     x = torch.randint(0, 6, (32, 1)).float()
@@ -458,8 +458,8 @@ def _check_categorical() -> None:
 
 def _check_mnle(options: dict[str, Any]) -> Callable[[], None]:
     def check() -> None:
+        from sbi_plugins.estimators import grouped
         from sbi_plugins.estimators.networks import build_network
-        from sbi_plugins.likelihoods import grouped
 
         theta = torch.rand(64, 2)
         x = torch.stack(

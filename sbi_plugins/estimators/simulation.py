@@ -9,6 +9,7 @@ finishes first, or on a chunk that ran twice because its worker died.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import uuid
 from collections.abc import Callable, Iterator
@@ -180,11 +181,7 @@ def simulate_chunks(
         if workers is None and len(chunks) < LOCAL_PROCESSES_FROM:
             workers = 1
         n = local_workers(workers, len(chunks))
-        where = (
-            _on_processes(simulator, seed, chunks, n)
-            if n > 1
-            else ((i, simulate_chunk(simulator, seed, i, s)) for i, s in chunks)
-        )
+        where = _on_processes(simulator, seed, chunks, n)
     stack.enter_context(closing(where))  # cancels what is left, then disconnects
     with (
         stack,
@@ -206,9 +203,11 @@ def simulate_chunks(
 def _on_processes(
     simulator: Simulator, seed: int, chunks: list[tuple[int, int]], workers: int
 ) -> Iterator[tuple[int, ChunkResult]]:
-    """Forked processes inherit the simulator, so it need not pickle."""
+    """Forked processes inherit the simulator, so it need not pickle (one worker:
+    the chunks run here)."""
     tasks = [(seed, index, size) for index, size in chunks]
-    with closing(forked_map(simulate_chunk, simulator, tasks, workers)) as done:
+    simulate = functools.partial(simulate_chunk, simulator)
+    with closing(forked_map(simulate, tasks, workers)) as done:
         for position, result in done:
             yield chunks[position][0], result
 

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from sbi_plugins.contract import EstimatorRecipe, Simulator
 from sbi_plugins.errors import EstimatorError
+from sbi_plugins.estimators import reduction
 from sbi_plugins.estimators.artifact import TrainedEstimator, domain_of
 from sbi_plugins.estimators.networks import build_network
 from sbi_plugins.estimators.sbi_internals import (
@@ -34,7 +35,6 @@ from sbi_plugins.estimators.simulation import (  # noqa: F401 (re-exported)
     simulate_chunk,
     simulate_chunks,
 )
-from sbi_plugins.likelihoods import reduction
 from sbi_plugins.versions import package_versions
 
 NUM_EXAMPLE_ROWS = 64

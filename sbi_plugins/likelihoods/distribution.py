@@ -23,9 +23,9 @@ from torch.distributions import constraints
 
 from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import DataError, SbiPluginsError, describe_rows
+from sbi_plugins.estimators import grouped, reduction
 from sbi_plugins.estimators.artifact import TrainedEstimator
 from sbi_plugins.estimators.sbi_internals import check_sbi_internals, sbi_version
-from sbi_plugins.likelihoods import grouped, reduction
 
 
 def encode_choices(simulator: Simulator, x: torch.Tensor) -> torch.Tensor:
@@ -257,7 +257,7 @@ class Likelihood:
 
         Where the estimator allows (one count; MNLE with one continuous value) the
         network runs once per group rather than once per row: same numbers, a
-        fraction of the cost (see `sbi_plugins.likelihoods.grouped`).
+        fraction of the cost (see `sbi_plugins.estimators.grouped`).
         """
         if self._grouped is not None:
             encoded = encode_choices(self.simulator, x.to(theta.dtype))

@@ -56,11 +56,15 @@ class ParameterPlan:
     def name(self) -> str:
         return self.parameter.name
 
+    def hyper_site(self, hyperparameter: str) -> str:
+        """The site of one of its population's hyperparameters (`v_mu`)."""
+        return f"{self.name}_{hyperparameter}"
+
     @property
     def hyper_names(self) -> list[str]:
         if self.pooling != "partial":
             return []
-        return [f"{self.name}_{h}" for h in self.family.hyperparameters]
+        return [self.hyper_site(h) for h in self.family.hyperparameters]
 
     @property
     def grouped(self) -> bool:
@@ -102,11 +106,11 @@ class ParameterPlan:
         `ceiling` per group) is sampled below its groups' fastest observations."""
         values: dict[str, Tensor] = {}
         if self.pooling == "partial":
-            for h in self.family.hyperparameters:
-                values[f"{self.name}_{h}"] = sites.sample(
-                    f"{self.name}_{h}", self.hyperpriors[h]
-                )
-            hyper = {h: values[f"{self.name}_{h}"] for h in self.family.hyperparameters}
+            hyper = {
+                h: sites.sample(self.hyper_site(h), self.hyperpriors[h])
+                for h in self.family.hyperparameters
+            }
+            values.update({self.hyper_site(h): v for h, v in hyper.items()})
             prior = self.truncated(self.family.build(**hyper))
         else:
             prior = self.fixed_prior
@@ -151,7 +155,7 @@ class ParameterPlan:
                 value = None if guess is None else torch.tensor(guess).double()
                 if value is None or not bool(hyperprior.support.check(value)):
                     value = _median(hyperprior)
-                values[f"{self.name}_{h}"] = value
+                values[self.hyper_site(h)] = value
         return values
 
     def posterior_variables(

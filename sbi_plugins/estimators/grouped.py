@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from sbi_plugins.estimators import reduction
 from sbi_plugins.estimators.sbi_internals import (
     FlowParts,
     SplineSettings,
@@ -31,7 +32,6 @@ from sbi_plugins.estimators.sbi_internals import (
     mnle_parts,
     num_variables,
 )
-from sbi_plugins.likelihoods import reduction
 
 
 def categorical_table(made: torch.nn.Module, theta: Tensor) -> Tensor:
@@ -207,7 +207,7 @@ def mnle_log_prob(
     shape `(..., groups, P)`; returns `(..., rows)`. The networks see one context
     per (draw, group, choice) cell; each row only evaluates its cell's splines.
     The value is shifted and scaled as the network's config says (see
-    `sbi_plugins.likelihoods.reduction`), with probability zero where its excess is
+    `sbi_plugins.estimators.reduction`), with probability zero where its excess is
     not positive."""
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
