@@ -62,10 +62,7 @@ from sbi_plugins.check.report import (
     Check,
     CheckReport,
 )
-
-# outside_support is re-exported only until estimators/simulation.py imports it from
-# sbi_plugins.contract (where it lives now)
-from sbi_plugins.contract import Simulator, outside_support
+from sbi_plugins.contract import Simulator
 from sbi_plugins.errors import PluginError
 from sbi_plugins.plugin.registry import get_registry
 
@@ -96,7 +93,6 @@ __all__ = [
     "fresh_simulations",
     "inside_training_support",
     "network_space",
-    "outside_support",
     "pooled_prior",
     "registration_failures",
     "resolve_for_check",

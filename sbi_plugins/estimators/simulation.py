@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from sbi_plugins.contract import Simulator
+from sbi_plugins.contract import Simulator, outside_support
 from sbi_plugins.errors import EstimatorError, SbiPluginsError
 from sbi_plugins.parallel import (
     ClusterError,
@@ -81,10 +81,6 @@ def check_simulator_output(simulator: Simulator, seed: int = 0) -> None:
     learn wrongly: a shape other than (rows, observables), non-numbers, a point
     where every try is NaN or infinite, values outside an observable's kind and
     support, or a theta changed in place."""
-    # the same support rules `sbi-plugins check` applies (imported late: check is
-    # a layer above the estimators)
-    from sbi_plugins.check import outside_support
-
     name = simulator.name
     hint = f"`sbi-plugins check {name}` tells more"
     rng = np.random.default_rng([seed, 2**31])
