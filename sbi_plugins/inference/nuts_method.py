@@ -39,9 +39,7 @@ class Nuts:
         problem = start_problem(model, kwargs, data)
         starts = chain_starts(model, kwargs, start, s.chains, s.seed, problem)
         inverse_mass = None
-        if model.has_formulas:
-            # link-scale coefficients differ in scale by orders of magnitude: start
-            # at the mode with the Laplace scales (`sbi_plugins.inference.laplace`)
+        if wants_laplace_start(model):
             mode = laplace_start(model, kwargs, s.chains, s.seed, init=start)
             if mode is not None:
                 starts, inverse_mass = mode
@@ -72,6 +70,17 @@ class Nuts:
             # the same seed gives the same draws only with the same setting
             {"inference_method": self.name, "compiled": int(potential is not None)},
         )
+
+
+def wants_laplace_start(model: HierarchicalModel) -> bool:
+    """Formula coefficients differ in scale by orders of magnitude (a pooled
+    intercept over thousands of trials vs a subject's offset), so NUTS starts at
+    their mode with the Laplace scales (`sbi_plugins.inference.laplace`). Not where
+    a parameter has a (centered) population: its joint mode lies at sigma -> 0,
+    and the curvature there would shrink every step."""
+    return model.has_formulas and not any(
+        p.pooling == "partial" for p in model.parameters
+    )
 
 
 def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) -> int:
