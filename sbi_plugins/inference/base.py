@@ -48,6 +48,11 @@ class Draws:
 
 
 class InferenceMethod(Protocol):
+    """What `fit` asks of a method: a name (the `method=` it answers to) and a
+    `run` that turns the model and its data into `Draws`. The draws are of the
+    model's own sites, so InferenceData, the log-likelihood and the predictives
+    are built the same way whatever the method."""
+
     name: str
 
     def run(

@@ -140,7 +140,7 @@ def _laplace(
 
     # the line search may step over a wall (-inf log density, NaN gradients): keep
     # the best finite point seen, without Pyro's NaN warning for every such step
-    with contextlib.suppress(RuntimeError), warnings.catch_warnings():
+    with contextlib.suppress(RuntimeError, ValueError), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Encountered NaN")
         optimizer.step(closure)
     mode = best[1]
