@@ -107,11 +107,9 @@ def fit_many(
         )
     else:
         n = local_workers(workers, len(items))
-        if n > 1:
-            stream = _on_processes(items, sim, fitted, options, n)
-        else:
+        if n == 1:  # the fits run here, one after another: their chains may fork
             options["cores"] = fit_options.get("cores")
-            stream = (_fit_one(k, i, d, sim, fitted, options) for i, (k, d) in items)
+        stream = _on_processes(items, sim, fitted, options, n)
     return _with_progress(stream, len(items), sim.name, progress)
 
 
@@ -199,15 +197,6 @@ def _with_progress(
             yield outcome
 
 
-def _fit_task(
-    shared: tuple[Simulator, TrainedEstimator | None, dict[str, Any]],
-    key: Hashable,
-    position: int,
-    data: Dataset,
-) -> FitOutcome:
-    return _fit_one(key, position, data, *shared)
-
-
 def _on_processes(
     items: list[tuple[int, tuple[Hashable, Dataset]]],
     simulator: Simulator,
@@ -215,13 +204,16 @@ def _on_processes(
     options: dict[str, Any],
     workers: int,
 ) -> Iterator[FitOutcome]:
-    """Forked processes inherit the simulator and estimator: nothing is pickled
-    but each data set and its result. A worker that dies (out of memory, killed)
+    """Forked processes inherit the simulator, the estimator and the data sets:
+    nothing is pickled but each result. A worker that dies (out of memory, killed)
     costs its own data set only: a fresh process takes its place and the other
-    fits go on."""
+    fits go on. One worker: the fits run here."""
+
+    def fit(key: Hashable, position: int, data: Dataset) -> FitOutcome:
+        return _fit_one(key, position, data, simulator, estimator, options)
+
     tasks = [(key, i, data) for i, (key, data) in items]
-    shared = (simulator, estimator, options)
-    with closing(forked_results(_fit_task, shared, tasks, workers)) as results:
+    with closing(forked_results(fit, tasks, workers)) as results:
         for position, result in results:
             if isinstance(result, WorkerDied):
                 i, (key, _) = items[position]

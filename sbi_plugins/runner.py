@@ -201,7 +201,7 @@ def _prior_predictive(
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
     """Draws from the model's prior (named as the posterior's) and a data set
     simulated at each, from seed streams of their own; (None, None) if not asked."""
-    if request is False or request is None:
+    if request is None or request is False or request == 0:
         return None, None
     count = PRIOR_PREDICTIVE_DRAWS if request is True else int(request)
     if count < 1:

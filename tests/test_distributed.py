@@ -346,7 +346,7 @@ def test_fit_many_in_local_processes_equals_fitting_each_alone(
     assert _same_fit(fits[key], alone)
 
 
-def _run_or_die(state, task: str):
+def _run_or_die(task: str):
     """A task that dies as it is told to, or returns its name and process."""
     if task == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
@@ -367,14 +367,14 @@ def test_forked_map_names_the_task_whose_worker_died_and_the_cause():
 
     tasks = [("fine",), ("kill",), ("fine",)]
     with pytest.raises(WorkerDied, match=r"task 1: it was killed by SIGKILL.*memory"):
-        list(forked_map(_run_or_die, None, tasks, 2))
+        list(forked_map(_run_or_die, tasks, 2))
     with pytest.raises(WorkerDied, match="task 0: it exited with code 3"):
-        list(forked_map(_run_or_die, None, [("exit",)], 1))
+        list(forked_map(_run_or_die, [("exit",), ("fine",)], 2))
     with pytest.raises(ValueError, match="bad task") as raised:
-        list(forked_map(_run_or_die, None, [("fine",), ("raise",)], 2))
+        list(forked_map(_run_or_die, [("fine",), ("raise",)], 2))
     assert isinstance(raised.value.__cause__, RemoteTraceback)
     assert "_run_or_die" in str(raised.value.__cause__)
-    done = dict(forked_map(_run_or_die, None, [("a",), ("b",), ("c",)], 2))
+    done = dict(forked_map(_run_or_die, [("a",), ("b",), ("c",)], 2))
     assert [done[i][0] for i in range(3)] == ["a", "b", "c"]
     assert not _our_workers()
 

@@ -46,8 +46,14 @@ def test_an_unknown_method_is_refused_before_any_work(cookies, monkeypatch):
 
 def test_a_fit_records_its_method_and_whether_it_compiled(cookies):
     idata = sbi_plugins.fit(
-        cookies, "cookie", group="location", likelihood="exact", **QUICK
+        cookies,
+        "cookie",
+        group="location",
+        likelihood="exact",
+        prior_predictive=0,
+        **QUICK,
     )
+    assert "prior" not in idata.groups()  # 0 draws (the CLI's default) means none
     assert idata.posterior.attrs["inference_method"] == "nuts"
     assert idata.posterior.attrs["compiled"] == 0
 
@@ -60,10 +66,15 @@ def _global_states():
 def test_a_fit_leaves_the_users_global_random_state_alone(cookies, trials, cores):
     """Chains in this process (cores=1) or forked, a pooling and a formula model
     (its Laplace start), a prior predictive: the user's `random`, NumPy and torch
-    global generators are where they were."""
+    global generators are where they were, and Pyro's param store is kept."""
+    import pyro
+
+    # a first fit in this process imports libraries that draw at import time
+    sbi_plugins.fit(cookies, "cookie", group="location", likelihood="exact", **QUICK)
     random.seed(5)
     np.random.seed(5)
     torch.manual_seed(5)
+    pyro.param("users_own", torch.ones(2))
     before = _global_states()
     sbi_plugins.fit(
         cookies,
@@ -91,6 +102,8 @@ def test_a_fit_leaves_the_users_global_random_state_alone(cookies, trials, cores
     )
     assert before[1][0] == after[1][0]
     assert torch.equal(before[2], after[2])
+    assert torch.equal(pyro.param("users_own").detach(), torch.ones(2))
+    assert "users_own" in pyro.get_param_store()
 
 
 def test_the_prior_predictive_draws_from_the_prior_and_simulates_there(cookies, cookie):

@@ -1,17 +1,15 @@
-"""Pyro NUTS, one chain per process, with per-chain progress bars and seeds.
+"""Pyro NUTS, chains in parallel processes, with per-chain progress bars and seeds.
 
 Each chain has its own seed derived from the fit's seed, so a chain's draws are the
-same whether chains run in parallel processes or one after another. Processes are
-forked (the model, data and estimator are inherited, nothing is pickled) and each
-uses one torch thread, as PyTorch's DataLoader workers do.
+same whether chains run in parallel processes or one after another. Chains run on
+the local fork pool (`sbi_plugins.parallel`: the model, data and estimator are
+inherited, nothing is pickled), each on one torch thread, as PyTorch's DataLoader
+workers do; a chain run in this process leaves the caller's global random states
+as they were.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
-import os
-import queue
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +20,10 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide.initialization import init_to_value
+from pyro.util import get_rng_state, set_rng_state
 from tqdm.auto import tqdm
+
+from sbi_plugins.parallel import WorkerDied, exit_cause, forked_map, local_workers
 
 PROGRESS_EVERY = 25
 
@@ -161,18 +162,35 @@ class _Job:
     potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
 
 
-_JOB: _Job | None = None
-
-
 def _run_chain(
     job: _Job, chain: int, seed: int, report: Callable[[int, int], None] | None
 ) -> ChainResult:
+    """One chain on one torch thread and its own seed; the caller's thread count
+    and global random states (python, numpy, torch: which `pyro.set_rng_seed`
+    reseeds) are put back after, so a fit leaves the user's RNGs as they were."""
     threads = torch.get_num_threads()
+    random_states = _global_rng_state()
     torch.set_num_threads(1)
     try:
         return _sample_chain(job, chain, seed, report)
     finally:
         torch.set_num_threads(threads)
+        _restore_rng_state(random_states)
+
+
+def _global_rng_state() -> dict[str, Any]:
+    """Pyro's view of the global generators, with CUDA's where CUDA is in use
+    (`torch.manual_seed` reseeds those too)."""
+    state = get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng_state(state: dict[str, Any]) -> None:
+    set_rng_state(state)
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _sample_chain(
@@ -181,7 +199,6 @@ def _sample_chain(
     """One chain on one thread: multi-threaded reductions would sum in another
     order, and NUTS would amplify the last bit into other draws."""
     pyro.set_rng_seed(seed)
-    pyro.clear_param_store()
     kernel = RecordingNUTS(
         job.model,
         target_accept_prob=job.target_accept,
@@ -230,14 +247,6 @@ def _sample_chain(
     return ChainResult(samples, stats)
 
 
-def _worker(chain: int, seed: int, results: Any, progress: Any) -> None:
-    try:
-        result = _run_chain(_JOB, chain, seed, lambda c, d: progress.put((c, d)))
-        results.put((chain, result, None))
-    except BaseException as exc:  # reported to the parent, which re-raises
-        results.put((chain, None, f"{type(exc).__name__}: {exc}"))
-
-
 def run_nuts(
     model: Callable[..., None],
     model_kwargs: dict[str, Any],
@@ -258,7 +267,6 @@ def run_nuts(
     """Run `chains` NUTS chains, in parallel processes where cores allow; optional
     per-chain initial values and initial inverse mass (`sbi_plugins.inference.laplace`),
     and a potential to use in place of Pyro's (`sbi_plugins.model.potential`)."""
-    global _JOB
     job = _Job(
         model,
         model_kwargs,
@@ -272,7 +280,7 @@ def run_nuts(
         potential,
     )
     seeds = chain_seeds(seed, chains)
-    cores = min(chains, cores or os.cpu_count() or 1)
+    workers = local_workers(cores or None, chains)
     bars = [
         tqdm(
             total=draws + tune,
@@ -284,73 +292,35 @@ def run_nuts(
         )
         for c in range(chains)
     ]
+
+    def chain_task(report: Callable[[int], None], chain: int) -> ChainResult:
+        try:
+            return _run_chain(job, chain, seeds[chain], lambda _, done: report(done))
+        except Exception as exc:
+            if hasattr(exc, "add_note"):  # Python 3.11+
+                exc.add_note(f"(in chain {chain})")
+            raise
+
+    results: dict[int, ChainResult] = {}
     try:
-        if cores <= 1 or "fork" not in mp.get_all_start_methods():
-            results = []
-            for c in range(chains):
-                results.append(
-                    _run_chain(job, c, seeds[c], lambda c, d: _advance(bars, c, d))
-                )
-            return results
-        _JOB = job
-        return _run_parallel(chains, seeds, cores, bars)
+        for chain, result in forked_map(
+            chain_task,
+            [(c,) for c in range(chains)],
+            workers,
+            progress=lambda chain, done: _advance(bars, chain, done),
+        ):
+            results[chain] = result
+    except WorkerDied as died:
+        raise RuntimeError(
+            f"chain {died.position} died: {exit_cause(died.exitcode)}; try fewer "
+            "cores or chains"
+        ) from None
     finally:
-        _JOB = None
         for bar in bars:
             bar.close()
+    return [results[c] for c in range(chains)]
 
 
 def _advance(bars: list[tqdm], chain: int, done: int) -> None:
     bar = bars[chain]
     bar.update(done - bar.n)
-
-
-def _run_parallel(
-    chains: int, seeds: list[int], cores: int, bars: list[tqdm]
-) -> list[ChainResult]:
-    ctx = mp.get_context("fork")
-    results_q, progress_q = ctx.Queue(), ctx.Queue()
-    stop = threading.Event()
-
-    def pump() -> None:
-        while not stop.is_set():
-            try:
-                chain, done = progress_q.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            _advance(bars, chain, done)
-
-    pumper = threading.Thread(target=pump, daemon=True)
-    pumper.start()
-    pending = list(range(chains))
-    running: dict[int, mp.Process] = {}
-    results: dict[int, ChainResult] = {}
-    try:
-        while pending or running:
-            while pending and len(running) < cores:
-                c = pending.pop(0)
-                proc = ctx.Process(
-                    target=_worker, args=(c, seeds[c], results_q, progress_q)
-                )
-                proc.start()
-                running[c] = proc
-            try:
-                chain, result, error = results_q.get(timeout=1.0)
-            except queue.Empty:
-                for c, proc in running.items():
-                    if not proc.is_alive() and proc.exitcode != 0:
-                        raise RuntimeError(
-                            f"chain {c} died (exit code {proc.exitcode}), e.g. out "
-                            "of memory; try fewer cores or chains"
-                        ) from None
-                continue
-            running.pop(chain).join()
-            if error is not None:
-                raise RuntimeError(f"chain {chain} failed: {error}")
-            results[chain] = result
-    finally:
-        for proc in running.values():
-            proc.terminate()
-        stop.set()
-        pumper.join()
-    return [results[c] for c in range(chains)]

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Nuts:
-    """Pyro's NUTS, one process per chain (`sbi_plugins.inference.nuts`)."""
+    """Pyro's NUTS, chains on the local fork pool (`sbi_plugins.inference.nuts`)."""
 
     name = "nuts"
 

@@ -10,6 +10,9 @@ trials take half the time on two cores.
 
 from __future__ import annotations
 
+import functools
+from contextlib import closing
+
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -85,14 +88,11 @@ def simulate_predictive(
         disable=not progress,
     ) as bar:
         tasks = list(enumerate(batches))
-        done = (
-            forked_map(simulate_batch, job, tasks, n)
-            if n > 1
-            else ((i, simulate_batch(job, *task)) for i, task in enumerate(tasks))
-        )
-        for position, result in done:
-            out[batches[position]] = result
-            bar.update(result.shape[0] * len(data.x))
+        simulate = functools.partial(simulate_batch, job)
+        with closing(forked_map(simulate, tasks, n)) as done:
+            for position, result in done:
+                out[batches[position]] = result
+                bar.update(result.shape[0] * len(data.x))
     out = out.reshape(chains, draws, len(data.x), -1)
     return {name: out[..., j] for j, name in enumerate(simulator.observable_names)}
 

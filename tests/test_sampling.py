@@ -1,0 +1,132 @@
+"""run_nuts on the fork pool: the same draws in processes as here, the caller's
+global random states left as they were, progress bars that reach the end, and a
+dead or failing chain named."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import random
+import signal
+import time
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+from sbi_plugins.inference import nuts
+
+pytestmark = pytest.mark.timeout(120)
+
+TINY = {"draws": 30, "tune": 30, "chains": 2, "seed": 3, "jit": False}
+
+
+def _tiny_model() -> None:
+    pyro.sample("x", dist.Normal(0.0, 1.0))
+
+
+def _run(**options):
+    return nuts.run_nuts(_tiny_model, {}, **{"progress": False, **TINY, **options})
+
+
+def _global_states() -> tuple:
+    return (
+        random.getstate(),
+        np.random.get_state(legacy=False),
+        torch.get_rng_state().clone(),
+    )
+
+
+def _same_states(a: tuple, b: tuple) -> bool:
+    py, numpy_state, torch_state = a
+    return (
+        py == b[0]
+        and numpy_state["bit_generator"] == b[1]["bit_generator"]
+        and np.array_equal(numpy_state["state"]["key"], b[1]["state"]["key"])
+        and numpy_state["state"]["pos"] == b[1]["state"]["pos"]
+        and torch.equal(torch_state, b[2])
+    )
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_sampling_leaves_the_callers_global_random_states_as_they_were(cores):
+    random.seed(123)
+    np.random.seed(123)
+    torch.manual_seed(123)
+    before = _global_states()
+    _run(cores=cores)
+    assert _same_states(before, _global_states())
+    # and the generators go on from where they were, not from a chain's seed
+    assert random.random() == random.Random(123).random()
+
+
+def test_same_draws_in_processes_as_here_and_other_seeds_differ():
+    here = _run(cores=1)
+    forked = _run(cores=2)
+    other = _run(cores=1, seed=4)
+    for a, b in zip(here, forked, strict=True):
+        np.testing.assert_array_equal(a.samples["x"], b.samples["x"])
+        assert a.stats.keys() == b.stats.keys()
+        for name in a.stats:
+            np.testing.assert_array_equal(a.stats[name], b.stats[name])
+    assert not np.array_equal(here[0].samples["x"], here[1].samples["x"])
+    assert not np.array_equal(here[0].samples["x"], other[0].samples["x"])
+
+
+class _RecordingBar:
+    """A stand-in for tqdm that keeps every update."""
+
+    made: list[_RecordingBar] = []
+
+    def __init__(self, total, **kwargs):
+        self.total, self.n, self.updates, self.closed = total, 0, [], False
+        _RecordingBar.made.append(self)
+
+    def update(self, n):
+        self.n += n
+        self.updates.append(self.n)
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_each_chains_bar_follows_its_chain_to_the_end(monkeypatch, cores):
+    monkeypatch.setattr(nuts, "tqdm", _RecordingBar)
+    _RecordingBar.made = []
+    chains = 3
+    _run(cores=cores, chains=chains, draws=60, tune=40, progress=True)
+    bars = _RecordingBar.made
+    assert len(bars) == chains
+    every = nuts.PROGRESS_EVERY
+    for bar in bars:
+        assert bar.closed and bar.n == bar.total == 100
+        assert bar.updates == [*range(every, 100, every), 100]
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="forks")
+def test_a_chain_whose_process_dies_is_named_with_the_cause(monkeypatch):
+    def sample(job, chain, seed, report):
+        if chain == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(30)  # chain 0: stopped, not waited for
+
+    monkeypatch.setattr(nuts, "_sample_chain", sample)
+    with pytest.raises(RuntimeError, match=r"chain 1 died: .*SIGKILL.*memory"):
+        _run(cores=2)
+    assert not [p for p in mp.active_children() if p.name == "sbi-plugins-worker"]
+
+
+@pytest.mark.parametrize("cores", [1, 2])
+def test_a_failing_chain_raises_its_own_error_naming_the_chain(monkeypatch, cores):
+    def sample(job, chain, seed, report):
+        if chain == 1:
+            raise ValueError("no start")
+        return nuts.ChainResult({}, {})
+
+    monkeypatch.setattr(nuts, "_sample_chain", sample)
+    with pytest.raises(ValueError, match="no start") as raised:
+        _run(cores=cores)
+    assert "(in chain 1)" in getattr(raised.value, "__notes__", ["(in chain 1)"])
