@@ -38,7 +38,6 @@ from sbi_plugins.model.formulas import (
 from sbi_plugins.model.pooling import (
     ParameterPlan,
     normalize_pooling,
-    plan_parameters,
     resolve_priors,
     unchecked,
 )
@@ -69,12 +68,11 @@ def plan_model(
     or trained: a formula where one is given, else its pooling mode."""
     parsed = normalize_formulas(formulas, simulator) if formulas else {}
     modes = normalize_pooling(pooling, simulator, group is not None, parsed)
-    plans = {p.name: p for p in plan_parameters(simulator, modes, priors)}
-    resolved = resolve_priors(simulator, priors) if parsed else {}
+    resolved = resolve_priors(simulator, priors)
     return [
         parse_formula(p, parsed[p.name], frame, resolved[p.name])
         if p.name in parsed
-        else plans[p.name]
+        else ParameterPlan.of(p, modes[p.name], resolved[p.name])
         for p in simulator.parameters
     ]
 

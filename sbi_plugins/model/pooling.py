@@ -52,6 +52,13 @@ class ParameterPlan:
     prior: PopulationPrior
     family: PriorFamily
 
+    @classmethod
+    def of(
+        cls, parameter: Parameter, pooling: str, prior: PopulationPrior
+    ) -> ParameterPlan:
+        """The plan of `parameter` in mode `pooling` with its resolved `prior`."""
+        return cls(parameter, pooling, prior, get_registry().prior_family(prior.family))
+
     @property
     def name(self) -> str:
         return self.parameter.name
@@ -272,14 +279,8 @@ def plan_parameters(
     """The plans of the parameters `pooling` names (a mode each), in the
     simulator's order, with their priors (`resolve_priors`)."""
     resolved = resolve_priors(simulator, priors)
-    registry = get_registry()
     return [
-        ParameterPlan(
-            p,
-            pooling[p.name],
-            resolved[p.name],
-            registry.prior_family(resolved[p.name].family),
-        )
+        ParameterPlan.of(p, pooling[p.name], resolved[p.name])
         for p in simulator.parameters
         if p.name in pooling
     ]

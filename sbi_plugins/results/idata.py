@@ -19,11 +19,6 @@ OBS_DIM = "__obs__"
 DISCRETE_KINDS = ("count", "choice")
 
 
-def log_likelihood_name(simulator: Simulator) -> str:
-    """One variable for all observables, named as HSSM names it ("rt,response")."""
-    return observation_site(simulator)
-
-
 def data_fingerprint(x: np.ndarray) -> str:
     """A hash of the observations, so `compare` can refuse fits of different data."""
     return hashlib.sha256(
@@ -92,7 +87,7 @@ def build_inference_data(
     )
     for name in simulator.observable_names:
         dims[name] = [OBS_DIM]
-    lik_name = log_likelihood_name(simulator)
+    lik_name = observation_site(simulator)  # the rows' site is LOO's variable
     dims[lik_name] = [OBS_DIM]
     constant = {f"{group_dim}_idx": data.group_index}
     dims[f"{group_dim}_idx"] = [OBS_DIM]
