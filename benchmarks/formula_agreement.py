@@ -72,7 +72,7 @@ def main() -> None:
     gap = (neural["mean"] - exact["mean"]) / exact["sd"]
     noise = (neural["mcse_mean"] ** 2 + exact["mcse_mean"] ** 2) ** 0.5 / exact["sd"]
     print(f"\nagreement, {args.subjects} subjects x 2 conditions x {args.trials}:")
-    for name in COMPARED:
+    for name in gap.index:
         print(
             f"  {name:>26}: gap {gap[name]:+.3f} sd (MC se {noise[name]:.3f}), "
             f"sd ratio {neural['sd'][name] / exact['sd'][name]:.3f}"
@@ -81,7 +81,8 @@ def main() -> None:
     for seed in args.seeds:
         frame = ddm_design(ddm, 20, 100, TRUE_EFFECT, seed=seed)
         start = time.perf_counter()
-        effect = fit(frame, "exact", args).posterior["v_C(condition)"]
+        posterior = fit(frame, "exact", args).posterior
+        effect = posterior["v_C(condition)"].sel({"v_C(condition)_dim": "hard"})
         low, high = az.hdi(effect, hdi_prob=0.94)["v_C(condition)"].values
         mean, sd = float(effect.mean()), float(effect.std())
         print(

@@ -101,6 +101,7 @@ def fit(
             f"cores must be at least 1 (or left out for one per core), got {cores}"
         )
     inference = get_method(method)
+    prior_draws = prior_predictive_draws(prior_predictive)
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(frame, sim, group)
     lapse = make_lapse(p_outlier, sim, prepared.x)
@@ -138,7 +139,7 @@ def fit(
     selected = predictive_draws(posterior_predictive, shape, len(prepared.x))
     posterior, dims, coords = model.posterior_variables(raw)
     prior, simulated_prior = _prior_predictive(
-        model, sim, cells, lapse, prior_predictive, seed, cores, progress
+        model, sim, cells, lapse, prior_draws, seed, cores, progress
     )
     attrs = {
         "simulator": sim.name,
@@ -189,25 +190,35 @@ PRIOR_PREDICTIVE_DRAWS = 500
 """Prior draws for `prior_predictive=True`, as PyMC's `sample_prior_predictive`."""
 
 
+def prior_predictive_draws(request: bool | int | None) -> int:
+    """How many prior draws `prior_predictive` asks for (0: none), checked before
+    any work."""
+    if request is None or request is False:
+        return 0
+    if request is True:
+        return PRIOR_PREDICTIVE_DRAWS
+    if isinstance(request, int) and request >= 0:
+        return request
+    raise SbiPluginsError(
+        f"prior_predictive must be True, False or a number of draws (0 for none), "
+        f"got {request!r}"
+    )
+
+
 def _prior_predictive(
     model: HierarchicalModel,
     simulator: Simulator,
     cells: PreparedData,
     lapse: Lapse | None,
-    request: bool | int,
+    count: int,
     seed: int,
     cores: int | None,
     progress: bool,
 ) -> tuple[dict[str, np.ndarray] | None, dict[str, np.ndarray] | None]:
-    """Draws from the model's prior (named as the posterior's) and a data set
-    simulated at each, from seed streams of their own; (None, None) if not asked."""
-    if request is None or request is False or request == 0:
+    """`count` draws from the model's prior (named as the posterior's) and a data
+    set simulated at each, from seed streams of their own; (None, None) for 0."""
+    if not count:
         return None, None
-    count = PRIOR_PREDICTIVE_DRAWS if request is True else int(request)
-    if count < 1:
-        raise SbiPluginsError(
-            f"prior_predictive must be True or a number of draws, got {request!r}"
-        )
     streams = np.random.SeedSequence([seed, 7]).generate_state(2)
     raw = model.prior_draws(count, int(streams[0]))
     theta = model.cell_parameter_draws(raw)
@@ -222,5 +233,6 @@ def _prior_predictive(
         progress=progress,
         lapse=lapse,
         share=share,
+        label="prior predictive",
     )
     return model.posterior_variables(raw)[0], simulated

@@ -28,6 +28,11 @@ def test_divergences_after_tuning_are_reported_with_the_remedy():
     stats = {"diverging": np.array([[True, False, False], [False, False, True]])}
     with pytest.warns(RuntimeWarning, match="2 of 6 transitions diverged.*0.95"):
         assert warn_divergences(stats, 0.8) == 2
+    # already at 0.95: the next step up, not the value in use
+    with pytest.warns(RuntimeWarning, match=r"above 0.95 \(e.g. 0.99; --target-accept"):
+        warn_divergences(stats, 0.95)
+    with pytest.warns(RuntimeWarning, match=r"Simplify the model"):
+        warn_divergences(stats, 0.99)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert warn_divergences({"diverging": np.zeros((2, 3), bool)}, 0.8) == 0

@@ -149,7 +149,9 @@ def test_pooling_needs_a_group_with_formulas_too(ddm, small):
     """Without a group, 'partial' means the same with and without formulas: it
     needs one (the formula path used to make it 'complete' silently)."""
     for formulas in (None, {"v": "v ~ 1 + difficulty"}):
-        with pytest.raises(SbiPluginsError, match=r"need groups: pass group="):
+        with pytest.raises(
+            SbiPluginsError, match=r"'partial' need groups: pass group="
+        ):
             plan_model(ddm, small, None, "partial", formulas)
 
 
@@ -300,6 +302,18 @@ def test_named_posterior_shapes_and_dims(ddm, small):
         and dims[block][0] == "participant_id__factor_dim"
     )
     assert posterior["a"].shape == (2, 3)  # pooled complete: as a pooling model
+    assert posterior["v_difficulty"].ndim == 2  # numeric: no level dim
+
+
+def test_a_two_level_condition_names_its_contrast(ddm, small):
+    """`C(condition)` with two levels keeps its dim, as Bambi's, so the data say
+    which level the coefficient is (the reference level is the first sorted)."""
+    model = model_of(ddm, small, {"v": "v ~ 1 + C(condition)"})
+    raw = {k: v.reshape(2, 3, *v.shape[2:]) for k, v in model.prior_draws(6, 0).items()}
+    posterior, dims, coords = model.posterior_variables(raw)
+    assert posterior["v_C(condition)"].shape == (2, 3, 1)
+    assert coords[dims["v_C(condition)"][0]] == ["hard"]
+    assert posterior["v_Intercept"].shape == (2, 3)
 
 
 @pytest.mark.slow
@@ -363,7 +377,7 @@ def test_recovers_a_condition_effect_on_drift(ddm):
     covers the truth and excludes 0; the fit has what InferenceData promises."""
     frame = ddm_design(ddm, subjects=20, trials=100, effect=TRUE_EFFECT, seed=1)
     idata = _fit(frame, EFFECT)
-    effect = idata.posterior["v_C(condition)"]
+    effect = idata.posterior["v_C(condition)"].sel({"v_C(condition)_dim": "hard"})
     low, high = az.hdi(effect, hdi_prob=0.94)["v_C(condition)"].values
     assert low < TRUE_EFFECT < high
     assert high < 0

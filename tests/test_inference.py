@@ -35,13 +35,17 @@ def trials():
     return data
 
 
-def test_an_unknown_method_is_refused_before_any_work(cookies, monkeypatch):
+def test_an_unknown_method_or_prior_predictive_is_refused_before_any_work(
+    cookies, monkeypatch
+):
     def no_estimator(*args, **kwargs):
         raise AssertionError("an estimator was resolved for a fit that cannot run")
 
     monkeypatch.setattr("sbi_plugins.runner.resolve_estimator", no_estimator)
     with pytest.raises(SbiPluginsError, match=r"method 'vi' is not .* one of 'nuts'"):
         sbi_plugins.fit(cookies, "cookie", group="location", method="vi")
+    with pytest.raises(SbiPluginsError, match=r"prior_predictive must be .* got -3"):
+        sbi_plugins.fit(cookies, "cookie", group="location", prior_predictive=-3)
 
 
 def test_a_fit_records_its_method_and_whether_it_compiled(cookies):

@@ -181,7 +181,7 @@ def test_pooling_modes(small_data, tiny_cookie_estimator, pooling, shape, hyper)
 
 
 def test_partial_pooling_without_groups_is_refused(small_data):
-    with pytest.raises(SbiPluginsError, match="need groups: pass group="):
+    with pytest.raises(SbiPluginsError, match="'partial' need groups: pass group="):
         sbi_plugins.fit(small_data, "cookie", **QUICK)
 
 

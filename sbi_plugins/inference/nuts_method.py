@@ -89,11 +89,18 @@ def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) 
     diverging = sample_stats.get("diverging")
     count = 0 if diverging is None else int(np.sum(diverging))
     if count:
+        higher = 0.95 if target_accept < 0.95 else 0.99
+        remedy = (
+            f"Raise target_accept above {target_accept:g} (e.g. {higher:g}; "
+            f"--target-accept {higher:g}), or simplify the model"
+            if target_accept < 0.99
+            else "Simplify the model (fewer partially pooled parameters, or "
+            "pooling='complete' for those the data say little about)"
+        )
         warnings.warn(
             f"{count} of {diverging.size} transitions diverged after tuning: the "
             "posterior may be explored badly where they sit (az.plot_pair(idata, "
-            f"divergences=True)). Raise target_accept above {target_accept:g} "
-            "(e.g. 0.95; --target-accept 0.95), or simplify the model",
+            f"divergences=True)). {remedy}",
             RuntimeWarning,
             stacklevel=4,
         )

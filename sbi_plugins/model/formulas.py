@@ -205,15 +205,16 @@ class ParameterFormula:
         self, raw: Mapping[str, np.ndarray], group_dim: str
     ) -> tuple[dict[str, np.ndarray], dict[str, list[str]], dict[str, list[str]]]:
         """Its draws named and shaped as Bambi/HSSM name them (`v_Intercept`,
-        `v_difficulty`, `v_1|participant_id` over the participants, its `_sigma`),
-        with dims and coords for ArviZ."""
+        `v_difficulty`, `v_C(cond)` over `v_C(cond)_dim` = its non-reference levels
+        even when there is one, `v_1|participant_id` over the participants, its
+        `_sigma`), with dims and coords for ArviZ."""
         out: dict[str, np.ndarray] = {}
         dims: dict[str, list[str]] = {}
         coords: dict[str, list[str]] = {}
         for t in self.common:
             name = self.var(t.name)
             values = raw[name]
-            if t.size == 1:
+            if t.levels == [t.name]:  # an intercept or a numeric predictor
                 out[name] = values[..., 0]
             else:
                 out[name] = values

@@ -229,10 +229,17 @@ def normalize_pooling(
             raise SbiPluginsError(
                 f"pooling {mode!r}{which} is not one of {', '.join(POOLING_MODES)}"
             )
-    if not has_groups and any(m != "complete" for m in spec.values()):
+    grouped = [n for n, m in spec.items() if m != "complete"]
+    if not has_groups and grouped:
+        default = (
+            " ('partial' is the default for parameters without a formula)"
+            if not isinstance(pooling, str) or pooling == "partial"
+            else ""
+        )
         raise SbiPluginsError(
-            "pooling 'none' and 'partial' need groups: pass group=<column> "
-            "(--group COL), or pooling='complete'"
+            f"pooling {', '.join(f'{n}={spec[n]}' for n in grouped)}{default}: "
+            "'none' and 'partial' need groups: pass group=<column> (--group COL), "
+            "or pooling='complete'"
         )
     return spec
 

@@ -58,6 +58,7 @@ def simulate_predictive(
     *,
     workers: int | None = None,
     progress: bool = False,
+    label: str = "posterior predictive",
     lapse: Lapse | None = None,
     share: np.ndarray | None = None,
 ) -> dict[str, np.ndarray] | None:
@@ -83,7 +84,7 @@ def simulate_predictive(
     out = np.empty((len(flat), len(data.x), len(simulator.observables)))
     with tqdm(
         total=len(flat) * len(data.x),
-        desc="posterior predictive",
+        desc=label,
         unit="row",
         disable=not progress,
     ) as bar:
