@@ -415,14 +415,22 @@ def test_neural_matches_exact_on_a_formula_model(comparison_data, exact_effect_f
     """The same formula model with the shipped estimator: every coefficient's
     posterior mean within 0.3 exact posterior sd of the exact likelihood's, beyond
     two Monte Carlo standard errors of the difference (short chains here; the
-    benchmark's long ones give the figure), and sds within 25%."""
+    benchmark's long ones give the figure), and sds within 15% beyond two Monte
+    Carlo standard errors of their ratio (ArviZ's mcse_sd: with 150 draws a chain
+    the random intercept's sd is itself uncertain by ~10%; 4 x 1000 draws give
+    ratios 0.97-1.05)."""
     neural = _fit(comparison_data, EFFECT, lik="neural")
     a = az.summary(neural, var_names=COMPARED, round_to="none")
     b = az.summary(exact_effect_fit, var_names=COMPARED, round_to="none")
     gap = (a["mean"] - b["mean"]).abs() / b["sd"]
     noise = (a["mcse_mean"] ** 2 + b["mcse_mean"] ** 2) ** 0.5 / b["sd"]
     assert (gap - 0.3 - 2 * noise < 0).all(), {"gap": gap, "noise": noise}
-    assert ((a["sd"] / b["sd"] - 1).abs() < 0.25).all(), a["sd"] / b["sd"]
+    ratio = a["sd"] / b["sd"]
+    ratio_noise = (a["mcse_sd"] ** 2 + b["mcse_sd"] ** 2) ** 0.5 / b["sd"]
+    assert ((ratio - 1).abs() - 0.15 - 2 * ratio_noise < 0).all(), {
+        "ratio": ratio,
+        "noise": ratio_noise,
+    }
 
 
 @pytest.mark.slow

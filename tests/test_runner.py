@@ -254,6 +254,15 @@ def test_compare_refuses_fits_of_different_data(
     assert list(table.columns[:2]) == ["rank", "elpd_loo"]
 
 
+def test_compare_keeps_arviz_internal_deprecations_from_the_user(quick_fit):
+    """ArviZ 0.23 sorts its table in place, which pandas 3.1 deprecates; the user
+    can do nothing about it, so compare does not show it (other warnings pass)."""
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sbi_plugins.compare({"a": quick_fit, "b": quick_fit.copy()})
+    assert not [w for w in seen if "inplace keyword" in str(w.message)]
+
+
 def test_posterior_predictive_can_be_thinned_or_skipped(
     small_data, tiny_cookie_estimator
 ):

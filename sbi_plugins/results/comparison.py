@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,4 +56,7 @@ def compare(
             f"fits {', '.join(map(repr, differing))} were fitted to other data than "
             f"{first!r}; compare only fits of the same data"
         )
-    return az.compare(loaded, **kwargs)
+    with warnings.catch_warnings():
+        # ArviZ 0.23 sorts in place, which pandas 3.1 deprecates: not the user's to fix.
+        warnings.filterwarnings("ignore", message="The inplace keyword")
+        return az.compare(loaded, **kwargs)
