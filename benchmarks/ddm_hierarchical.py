@@ -103,6 +103,7 @@ def compare_once(args, trials, seed: int) -> dict[str, tuple[float, float]]:
                 chains=args.chains,
                 seed=seed,
                 progress=False,
+                refine=False,  # the sampler's cost; benchmarks/refinement.py: refined
             )
         seconds[kind] = time.perf_counter() - start
         peak[kind] = memory.mib if args.memory else None

@@ -47,6 +47,7 @@ def one_size(rows: int, likelihood: str, draws: int, tune: int, chains: int) -> 
             chains=chains,
             seed=1,
             progress=False,
+            refine=False,  # the sampler's cost; benchmarks/refinement.py: refined
         )
     wall = time.perf_counter() - start
     steps = float(fit.sample_stats["n_steps"].sum()) / chains

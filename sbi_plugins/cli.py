@@ -61,6 +61,23 @@ def parse_p_outlier(text: str | None) -> float | bool | None:
     return share or None
 
 
+def parse_refine(text: str) -> str | bool | int:
+    """`--refine auto|on|off|N` (N: at most N rounds)."""
+    word = text.strip().lower()
+    if word == "auto":
+        return "auto"
+    if word in ("on", "yes", "true"):
+        return True
+    if word in ("off", "no", "false", "0"):
+        return False
+    if word.isdigit():
+        return int(word)
+    raise CliError(
+        f"cannot read --refine {text!r}: give auto (refine from 2000 rows), on, off "
+        "or a number of rounds such as 2"
+    )
+
+
 def _refuse_existing(path: Path) -> None:
     """Before any work: an output that exists or cannot be written is refused."""
     from sbi_plugins.outputs import check_new_file
@@ -172,6 +189,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         p_outlier=parse_p_outlier(args.p_outlier),
         method=args.method,
         prior_predictive=args.prior_predictive or False,
+        refine=parse_refine(args.refine),
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -361,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also draw this many times from the prior and simulate a data set at "
         "each (ArviZ's prior and prior_predictive groups; default: none)",
+    )
+    p.add_argument(
+        "--refine",
+        metavar="auto|on|off|N",
+        default="auto",
+        help="fine-tune the estimator at this fit's posterior and refit until the "
+        "posterior stops moving (default auto: from 2000 rows; N: at most N rounds)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)

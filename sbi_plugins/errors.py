@@ -29,6 +29,11 @@ class DomainWarning(UserWarning):
     """Posterior mass piles up against the estimator's training domain."""
 
 
+class EstimatorWarning(UserWarning):
+    """The learned likelihood's error may matter at this data size: a large fit
+    left unrefined, or refinement still moving the posterior."""
+
+
 def describe_rows(
     mask: np.ndarray, labels: np.ndarray | None = None, limit: int = 8
 ) -> str:

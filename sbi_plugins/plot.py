@@ -439,6 +439,19 @@ def domain_warnings(idata: az.InferenceData) -> list[str]:
         return [str(text)]
 
 
+def estimator_check(idata: az.InferenceData) -> dict[str, object]:
+    """The verdict `fit` recorded on the learned likelihood ({} when unknown) and
+    the refinement's record under "refinement" where it ran."""
+    attrs = fit_attrs(idata)
+    try:
+        check = dict(json.loads(attrs.get("estimator_check") or "{}"))
+        if attrs.get("refinement"):
+            check["refinement"] = json.loads(attrs["refinement"])
+    except (TypeError, ValueError):
+        return {}
+    return check
+
+
 def pooling_of(idata: az.InferenceData) -> dict[str, str]:
     """Pooling per parameter, as `fit` recorded it ({} when unknown)."""
     try:

@@ -127,6 +127,7 @@ def diagnostics(idata: az.InferenceData) -> dict[str, object]:
         "draws": draws,
         "pareto_k_bad": bad_k,
         "domain_warnings": plot.domain_warnings(idata),
+        "estimator_check": plot.estimator_check(idata).get("verdict", "n/a"),
     }
 
 
@@ -149,7 +150,8 @@ def _diagnostics_table(rows: Mapping[str, Mapping[str, object]]) -> str:
     head = (
         "<tr><th class='text'>model</th><th>max R-hat</th><th>min ESS bulk</th>"
         "<th>min ESS tail</th><th>divergences</th>"
-        f"<th>Pareto k &gt; {PARETO_K_MAX}</th><th>domain warnings</th></tr>"
+        f"<th>Pareto k &gt; {PARETO_K_MAX}</th><th>domain warnings</th>"
+        "<th>estimator check</th></tr>"
     )
     body = []
     for name, d in rows.items():
@@ -169,15 +171,52 @@ def _diagnostics_table(rows: Mapping[str, Mapping[str, object]]) -> str:
             )
             + _cell("n/a" if k is None else k, None if k is None else k > 0)
             + _cell(len(d["domain_warnings"]), len(d["domain_warnings"]) > 0)
+            + _cell(
+                d["estimator_check"],
+                {"flagged": True, "passed": False}.get(d["estimator_check"]),
+            )
             + "</tr>"
         )
     legend = (
         f"<p>Flagged: R-hat above {RHAT_MAX}, fewer than {ESS_MIN} effective draws, "
         "any divergent transition, any data row whose PSIS-LOO Pareto k exceeds "
-        f"{PARETO_K_MAX}, and posterior mass at a bound of the estimator's training "
-        "domain.</p>"
+        f"{PARETO_K_MAX}, posterior mass at a bound of the estimator's training "
+        "domain, and a learned likelihood whose error may matter at this data size "
+        "(a large fit left unrefined, or refinement still moving the posterior).</p>"
     )
     return f"<table id='diagnostics'>{head}{''.join(body)}</table>{legend}"
+
+
+def _estimator_section(name: str, idata: az.InferenceData) -> str:
+    """The learned likelihood's verdict, and the refinement rounds where they ran:
+    how far each moved the posterior and what it cost."""
+    check = plot.estimator_check(idata)
+    if not check or check.get("verdict") == "exact":
+        return ""
+    flagged = check["verdict"] == "flagged"
+    parts = [
+        f"<p class='{'warning' if flagged else 'note'}'><b>{html.escape(name)}</b>, "
+        f"learned likelihood: {html.escape(str(check['message']))}</p>"
+    ]
+    record = check.get("refinement")
+    if record:
+        columns = {
+            "round": "round",
+            "num_simulations": "simulations",
+            "simulation_seconds": "simulating (s)",
+            "training_seconds": "training (s)",
+            "fit_seconds": "refit (s)",
+            "max_shift_sd": "max shift (sd)",
+            "max_beyond_noise_sd": "beyond MC noise (sd)",
+            "worst": "moved most",
+        }
+        table = pd.DataFrame(record["rounds"])[list(columns)].rename(columns=columns)
+        parts.append(
+            table.to_html(index=False, border=0, classes="refinement")
+            + f"<p>Refinement: {record['simulations']} simulations, "
+            f"{record['seconds']} s of simulating and training.</p>"
+        )
+    return "\n".join(parts)
 
 
 def _overview_table(fits: Mapping[str, az.InferenceData]) -> str:
@@ -297,6 +336,8 @@ def render_report(
         "<h2>Diagnostics</h2>",
         _diagnostics_table({name: diagnostics(idata) for name, idata in fits.items()}),
     ]
+    for name, idata in fits.items():
+        parts.append(_estimator_section(name, idata))
     for name, idata in fits.items():
         for message in plot.domain_warnings(idata):
             parts.append(

@@ -277,3 +277,58 @@ def test_unreadable_tables_are_one_line(capsys, tmp_path, name, content, pattern
         rf"cannot read data file .*{pattern}",
     )
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("auto", "auto"), ("on", True), ("OFF", False), ("0", False), ("2", 2)],
+)
+def test_refine_reads_auto_on_off_and_rounds(text, expected):
+    from sbi_plugins.cli import parse_refine
+
+    assert parse_refine(text) == expected
+
+
+def test_a_bad_refine_is_one_line_and_writes_nothing(capsys, csv, tmp_path):
+    out = tmp_path / "fit.nc"
+    assert_user_error(
+        capsys,
+        [
+            "fit",
+            "cookie",
+            csv,
+            "--group",
+            "location",
+            "--refine",
+            "always",
+            "--out",
+            out,
+            *QUICK,
+        ],
+        r"cannot read --refine 'always': give auto .*, on, off or a number of rounds",
+    )
+    assert not out.exists()
+
+
+def test_fit_refine_on_records_the_rounds(capsys, csv, tmp_path, monkeypatch):
+    from sbi_plugins.estimators import refinement
+
+    small = refinement.Refinement(simulations=5000, epochs=1)
+    monkeypatch.setattr(refinement, "Refinement", lambda **kw: small)
+    out = tmp_path / "fit.nc"
+    code, _, _ = run(
+        capsys,
+        "fit",
+        "cookie",
+        csv,
+        "--group",
+        "location",
+        "--refine",
+        "on",
+        "--out",
+        out,
+        *QUICK,
+    )
+    assert code == 0 and out.exists()
+    record = json.loads(az.from_netcdf(out).posterior.attrs["refinement"])
+    assert record["settings"]["simulations"] == 5000 and record["rounds"]

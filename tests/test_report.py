@@ -94,8 +94,40 @@ def test_domain_warnings_and_other_data_are_reported(fit_files, tmp_path):
     # listed in full, escaped, and its count flagged in the diagnostics table
     assert "pile up at the upper bound 40 &lt;retrain&gt;" in text
     row = re.search(r"<tr><td class=\"text\">warned</td>.*?</tr>", text).group(0)
-    assert row.endswith('<td class="bad">1</td></tr>')
+    assert row.endswith('<td class="bad">1</td><td>small data</td></tr>')
     assert "Not compared" in text and "fitted to other data" in text
+
+
+def test_the_learned_likelihoods_verdict_and_refinement_are_reported(fit_files):
+    from sbi_plugins.estimators.refinement import Refinement, estimator_check, record_of
+
+    rounds = [
+        {
+            "round": r,
+            "num_simulations": 1000,
+            "simulation_seconds": 1.5,
+            "training_seconds": 4.0,
+            "fit_seconds": 30.0,
+            "max_shift_sd": shift,
+            "max_beyond_noise_sd": shift - 0.1,
+            "worst": "lam[2]",
+        }
+        for r, shift in ((1, 0.61), (2, 0.47))
+    ]
+    record = record_of(Refinement(rounds=2), rounds)
+    check = estimator_check(record, exact=False, num_rows=6000, estimator=None)
+    refined = az.from_netcdf(fit_files[1])
+    for group in refined.groups():
+        refined[group].attrs["estimator_check"] = json.dumps(check)
+        refined[group].attrs["refinement"] = json.dumps(record)
+    text = render_report({"refined": refined})
+    row = re.search(r"<tr><td class=\"text\">refined</td>.*?</tr>", text).group(0)
+    assert row.endswith('<td class="bad">flagged</td></tr>')
+    assert "still moved lam[2] by 0.47 sd (per round: 0.61, 0.47)" in text
+    table = re.search(r'<table[^>]*class="[^"]*refinement.*?</table>', text, re.S)
+    cells = re.findall(r"<td>([^<]*)</td>", table.group(0))
+    assert cells[:8] == ["1", "1000", "1.5", "4.0", "30.0", "0.61", "0.51", "lam[2]"]
+    assert "2000 simulations, 11.0 s of simulating and training" in text
 
 
 @pytest.mark.slow
