@@ -214,7 +214,8 @@ def _estimator_section(name: str, idata: az.InferenceData) -> str:
         parts.append(
             table.to_html(index=False, border=0, classes="refinement")
             + f"<p>Refinement: {record['simulations']} simulations, "
-            f"{record['seconds']} s of simulating and training.</p>"
+            f"{record['seconds']} s of simulating and training, "
+            f"{record.get('refit_seconds', 0)} s of refitting.</p>"
         )
     return "\n".join(parts)
 

@@ -107,8 +107,8 @@ def fit(
     posterior and refit, round after round, until the posterior moves less than
     0.2 sd beyond Monte Carlo noise (`sbi_plugins.estimators.refinement`). "auto"
     refines neural fits of at least 2,000 rows, where an amortized estimator's
-    error grows into the posterior; True always, False never, an int caps the
-    rounds, a `Refinement` sets simulations, epochs and tolerance. The refined
+    error grows into the posterior; True always, False (or 0) never, an int caps
+    the rounds, a `Refinement` sets simulations, epochs and tolerance. The refined
     estimator is cached by data and model and reused by the same fit; attrs
     record each round's shift and cost, and `estimator_check` the verdict.
     """
@@ -212,8 +212,8 @@ def fit(
         "versions": json.dumps(package_versions()),
         "domain_warnings": json.dumps(edge_warnings),
         "p_outlier": "" if lapse is None else lapse.describe(),
-        "estimator_check": json.dumps(check),
-        "refinement": "" if record is None else json.dumps(record),
+        "estimator_check": json.dumps(check, sort_keys=True),
+        "refinement": "" if record is None else json.dumps(record, sort_keys=True),
     }
     return build_inference_data(
         posterior=posterior,

@@ -80,9 +80,18 @@ def test_posterior_shift_is_in_the_earlier_posteriors_sd():
 
 
 class _FakeFit:
-    def __init__(self, centre: float) -> None:
+    def __init__(self, centre: float, draws: int = 1000) -> None:
         rng = np.random.default_rng(int(centre * 1000) % 2**32)
-        self.draws = {"m": centre + rng.standard_normal((4, 1000))}
+        self.draws = {"m": centre + rng.standard_normal((4, draws))}
+
+
+def _fake_refine(simulator, estimator, theta, plan, seed, **_):
+    """Refinement that costs 1 + 2 s and changes nothing: the refits decide."""
+    return estimator, {
+        "num_simulations": plan.simulations,
+        "simulation_seconds": 1.0,
+        "training_seconds": 2.0,
+    }
 
 
 @pytest.mark.parametrize(
@@ -96,14 +105,7 @@ class _FakeFit:
 def test_refinement_stops_when_the_posterior_stops_moving(
     monkeypatch, centres, rounds, converged
 ):
-    def fake_refine(simulator, estimator, theta, plan, seed, **_):
-        return estimator, {
-            "num_simulations": plan.simulations,
-            "simulation_seconds": 1.0,
-            "training_seconds": 2.0,
-        }
-
-    monkeypatch.setattr(refinement, "refine_estimator", fake_refine)
+    monkeypatch.setattr(refinement, "refine_estimator", _fake_refine)
     fits = iter(_FakeFit(c) for c in centres)
     _, last, record = refinement.refine_and_refit(
         None,
@@ -122,6 +124,25 @@ def test_refinement_stops_when_the_posterior_stops_moving(
     assert record["seconds"] == 3.0 * rounds
     check = estimator_check(record, exact=False, num_rows=10**4, estimator=None)
     assert check["verdict"] == ("passed" if converged else "flagged")
+
+
+def test_too_few_draws_to_tell_stop_and_flag_the_fit(monkeypatch):
+    monkeypatch.setattr(refinement, "refine_estimator", _fake_refine)
+    # 4 x 10 draws: a mean's Monte Carlo error alone is about 0.16 sd
+    _, _, record = refinement.refine_and_refit(
+        None,
+        None,
+        _FakeFit(0.0, draws=10),
+        lambda estimator: _FakeFit(0.01, draws=10),
+        lambda fit: None,
+        lambda fit: fit.draws,
+        Refinement(rounds=3),
+        seed=0,
+    )
+    assert len(record["rounds"]) == 1 and not record["converged"]
+    check = estimator_check(record, exact=False, num_rows=10**4, estimator=None)
+    assert check["verdict"] == "flagged"
+    assert "too few effective draws to tell" in check["message"]
 
 
 def test_verdicts_without_refinement():

@@ -123,11 +123,12 @@ def test_the_learned_likelihoods_verdict_and_refinement_are_reported(fit_files):
     text = render_report({"refined": refined})
     row = re.search(r"<tr><td class=\"text\">refined</td>.*?</tr>", text).group(0)
     assert row.endswith('<td class="bad">flagged</td></tr>')
-    assert "still moved lam[2] by 0.47 sd (per round: 0.61, 0.47)" in text
+    assert "moved the posterior 0.47 sd at most (lam[2]), 0.37 sd beyond" in text
+    assert "(rounds: 0.61, 0.47 sd), above the tolerance of 0.2 sd" in text
     table = re.search(r'<table[^>]*class="[^"]*refinement.*?</table>', text, re.S)
     cells = re.findall(r"<td>([^<]*)</td>", table.group(0))
     assert cells[:8] == ["1", "1000", "1.5", "4.0", "30.0", "0.61", "0.51", "lam[2]"]
-    assert "2000 simulations, 11.0 s of simulating and training" in text
+    assert "2000 simulations, 11.0 s of simulating and training, 60.0 s of" in text
 
 
 @pytest.mark.slow

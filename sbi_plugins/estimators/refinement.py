@@ -265,6 +265,7 @@ def posterior_shift(
         "max_shift_sd": round(float(shift.max()), 3),
         "worst": str(shift.idxmax()),
         "max_beyond_noise_sd": round(float(excess.max()), 3),
+        "max_noise_sd": round(float(noise.max()), 3),
         "sd_ratio": [
             round(float((b["sd"] / sd).min()), 3),
             round(float((b["sd"] / sd).max()), 3),
@@ -319,15 +320,23 @@ def refine_and_refit(
             }
         )
         fit = new_fit
-        if shift["max_beyond_noise_sd"] <= plan.tolerance:
-            break
+        settled = shift["max_beyond_noise_sd"] <= plan.tolerance
+        if settled or too_noisy(shift, plan.tolerance):
+            break  # more rounds would not tell more
     return estimator, fit, record_of(plan, rounds)
 
 
+def too_noisy(shift: Mapping[str, Any], tolerance: float) -> bool:
+    """Monte Carlo error alone could hide a shift of the tolerance: too few
+    effective draws to tell whether the posterior still moves."""
+    return shift.get("max_noise_sd", 0.0) > tolerance
+
+
 def record_of(plan: Refinement, rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    """The refinement's record for attrs: its settings, each round, and whether
-    the last round still moved the posterior."""
-    last = rounds[-1]["max_beyond_noise_sd"]
+    """The refinement's record for attrs: its settings, each round, what it cost,
+    and whether the last round settled the posterior (moved it less than the
+    tolerance beyond Monte Carlo noise, with noise small enough to tell)."""
+    last = rounds[-1]
     return {
         "settings": dataclasses.asdict(plan),
         "rounds": rounds,
@@ -335,7 +344,9 @@ def record_of(plan: Refinement, rounds: list[dict[str, Any]]) -> dict[str, Any]:
         "seconds": round(
             sum(r["simulation_seconds"] + r["training_seconds"] for r in rounds), 1
         ),
-        "converged": last <= plan.tolerance,
+        "refit_seconds": round(sum(r.get("fit_seconds", 0.0) for r in rounds), 1),
+        "converged": last["max_beyond_noise_sd"] <= plan.tolerance
+        and not too_noisy(last, plan.tolerance),
     }
 
 
@@ -371,31 +382,50 @@ def estimator_check(
             "message": (
                 f"not refined at {num_rows} rows: at this size a learned "
                 "likelihood's error can move posterior means by more than 0.3 sd "
-                "(the shipped DDM estimator's: 0.6 sd at 6,000 rows); refit with "
-                "refine=True (--refine on) to check and correct it"
+                "(docs/refinement.md); refit with refine=True (--refine on) to "
+                "check and correct it, or use likelihood='exact' where the plugin "
+                "has one"
             ),
         }
     rounds = record["rounds"]
     last = rounds[-1]
-    shifts = ", ".join(f"{r['max_shift_sd']:.2f}" for r in rounds)
+    tolerance = record["settings"]["tolerance"]
     where = " (reused from the cache)" if reused else ""
+    moved = (
+        f"the last round moved the posterior {last['max_shift_sd']:.2f} sd at most "
+        f"({last['worst']}), {last['max_beyond_noise_sd']:.2f} sd beyond Monte Carlo "
+        f"noise"
+    )
+    if len(rounds) > 1:
+        moved += " (rounds: " + ", ".join(f"{r['max_shift_sd']:.2f}" for r in rounds)
+        moved += " sd)"
+    head = f"refined in {len(rounds)} round{'s' if len(rounds) > 1 else ''}{where}"
+    common = {"reused": reused, "rounds": len(rounds)}
     if record["converged"]:
         return {
             "verdict": "passed",
+            "message": f"{head}: {moved}, within the tolerance of {tolerance} sd",
+            **common,
+        }
+    if too_noisy(last, tolerance):
+        return {
+            "verdict": "flagged",
             "message": (
-                f"refined in {len(rounds)} round(s){where}: the posterior moved "
-                f"{shifts} sd per round, the last within "
-                f"{record['settings']['tolerance']} sd of Monte Carlo noise"
+                f"{head}, but too few effective draws to tell whether the "
+                f"estimator's error matters: the means' Monte Carlo error alone is "
+                f"up to {last['max_noise_sd']:.2f} sd, above the tolerance of "
+                f"{tolerance} sd; fit with more draws (draws=1000 or more)"
             ),
+            **common,
         }
     return {
         "verdict": "flagged",
         "message": (
-            f"refined in {len(rounds)} round(s){where}, and the last still moved "
-            f"{last['worst']} by {last['max_shift_sd']:.2f} sd (per round: {shifts}): "
-            "the estimator's error may still matter; refine with more rounds or "
-            "simulations (refine=Refinement(rounds=..., simulations=...))"
+            f"{head}: {moved}, above the tolerance of {tolerance} sd: the "
+            "estimator's error may still matter; refine with more rounds or "
+            "simulations (refine=Refinement(rounds=5, simulations=2_000_000))"
         ),
+        **common,
     }
 
 
