@@ -124,8 +124,7 @@ def fit(
             f"cores must be at least 1 (or left out for one per core), got {cores}"
         )
     inference = get_method(method)
-    if isinstance(refine, str) and refine != "auto":
-        refinement_plan(refine, 0, None)  # refused before any work
+    refinement_plan(refine, 0, None)  # a bad request is refused before any work
     prior_draws = prior_predictive_draws(prior_predictive)
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(frame, sim, group)
