@@ -18,6 +18,7 @@ from sbi_plugins.estimators.refinement import (
     estimator_check,
     local_parameters,
     posterior_shift,
+    refinement_parameters,
     refinement_plan,
 )
 
@@ -39,6 +40,31 @@ def test_local_parameters_spread_each_cell_widen_times_inside_the_box():
     # parameter 1 of cell 1 crosses the upper bound: clipped just inside
     assert theta[:, 1].max() < upper[1] and theta[:, 1].min() > lower[1]
     assert (by_cell[:, 1, 1] >= upper[1] - 2e-3).mean() > 0.3
+
+
+def test_a_replay_share_of_each_round_covers_the_whole_box():
+    rng = np.random.default_rng(1)
+    draws = np.array([0.5, 0.2]) + 0.01 * rng.standard_normal((2, 200, 4, 2))
+    lower, upper = np.array([-1.0, 0.0]), np.array([1.0, 1.0])
+    plan = Refinement(simulations=40_000, replay=0.25)
+    theta = refinement_parameters(draws, lower, upper, plan, rng)
+    assert theta.shape == (40_000, 2)
+    near = np.abs(theta - [0.5, 0.2]).max(axis=1) < 0.1
+    assert near[:30_000].all()  # the posterior's share, every row near the cells
+    assert near[30_000:].mean() < 0.05  # the rest over the box: 2% land near them
+    far = theta[30_000:]
+    np.testing.assert_allclose(far.mean(axis=0), [0.0, 0.5], atol=0.02)
+    np.testing.assert_allclose(far.std(axis=0), [2 / 12**0.5, 1 / 12**0.5], rtol=0.03)
+    assert (
+        refinement_parameters(
+            draws, lower, upper, Refinement(simulations=40_000, replay=0.0), rng
+        )
+        .std(axis=0)
+        .max()
+        < 0.1
+    )
+    with pytest.raises(SbiPluginsError, match="replay is a fraction"):
+        Refinement(replay=1.0)
 
 
 def test_auto_refines_from_the_threshold_and_never_an_exact_fit(tiny_cookie_estimator):
