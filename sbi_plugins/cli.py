@@ -280,6 +280,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         dict(zip(fit_names(args.fits), args.fits, strict=True)),
         args.out,
         title=args.title,
+        by=args.by,
     )
     print(f"wrote {path}")
     return 0
@@ -439,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fits", nargs="+", help="FIT.nc files")
     p.add_argument("--out", required=True, help="directory to write report.html to")
     p.add_argument("--title", default="sbi-plugins report", help="the page title")
+    p.add_argument(
+        "--by",
+        help="data column of the conditions for decision models' quantile-probability "
+        "plot and predictive checks (default: the first column with 2-8 values)",
+    )
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the cookie factory: three fits, compared")

@@ -382,6 +382,27 @@ def accept_choice_indices(simulator: Simulator, x: np.ndarray) -> np.ndarray:
     return x
 
 
+def condition_columns(
+    frame: pd.DataFrame, simulator: Simulator, group: str | None
+) -> dict[str, np.ndarray]:
+    """The data's other columns (conditions, covariates), kept with every fit as
+    `constant_data` so plots, checks and the report can split by them: numbers and
+    booleans as they are, anything else as text. Names netCDF cannot store (with a
+    "/") and the group column (kept as its index) are left out."""
+    skip = {*simulator.observable_names, group, f"{group or 'group'}_idx"}
+    kept = {}
+    for column in frame.columns:
+        name = str(column)
+        if name in skip or "/" in name:
+            continue
+        values = frame[column]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            kept[name] = values.to_numpy()
+        else:
+            kept[name] = values.astype(str).to_numpy()
+    return kept
+
+
 def prepare_data(
     data: pd.DataFrame | str | Path, simulator: Simulator, group: str | None
 ) -> PreparedData:

@@ -19,6 +19,16 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from sbi_plugins.errors import PluginError, SbiPluginsError
+from sbi_plugins.quantiles import (
+    QUANTILES,
+    _natural,
+    condition_labels,
+    observable_kinds,
+    pick_draws,
+    predictive_group,
+    quantile_table,
+)
+from sbi_plugins.results.idata import fit_attrs
 
 __all__ = [
     "fit_attrs",
@@ -26,22 +36,13 @@ __all__ = [
     "plot_forest",
     "plot_ppc",
     "plot_shrinkage",
+    "quantile_probability",
     "save_shrinkage_plot",
     "simulator_bounds",
 ]
 
 EDGE_FRACTION = 0.01
 """As in the runner: draws within 1% of the box width of a bound are 'at the edge'."""
-
-
-def fit_attrs(idata: az.InferenceData) -> dict[str, str]:
-    """The attrs `fit` records (simulator, pooling, domain warnings, ...), which live
-    on every group and survive a netCDF round trip."""
-    attrs: dict[str, str] = {}
-    for group in ("observed_data", "posterior"):
-        if group in idata.groups():
-            attrs.update(idata[group].attrs)
-    return attrs
 
 
 def simulator_bounds(idata: az.InferenceData) -> dict[str, tuple[float, float]]:
@@ -189,38 +190,17 @@ def plot_forest(
     return axes
 
 
-def _observable_kinds(idata: az.InferenceData) -> dict[str, str]:
-    """count / continuous / choice per observed variable: from the plugin when it is
-    installed, else read off the data (integers: counts, two values: a choice)."""
-    names = [str(n) for n in idata.observed_data.data_vars]
-    try:
-        from sbi_plugins.plugin.registry import get_simulator
-
-        simulator = get_simulator(fit_attrs(idata).get("simulator", ""))
-        kinds = {o.name: o.kind for o in simulator.observables}
-        if set(names) <= set(kinds):
-            return {n: kinds[n] for n in names}
-    except (PluginError, SbiPluginsError):
-        pass
-    kinds = {}
-    for name in names:
-        values = np.asarray(idata.observed_data[name].values, dtype=float)
-        if len(np.unique(values)) <= 2:
-            kinds[name] = "choice"
-        elif np.all(values == np.round(values)):
-            kinds[name] = "count"
-        else:
-            kinds[name] = "continuous"
-    return kinds
-
-
 def _group_rows(idata: az.InferenceData, group: object) -> np.ndarray:
     """Boolean mask of the data rows of one group (by its label)."""
     index_vars = []
     if "constant_data" in idata.groups():
+        named = f"{fit_attrs(idata).get('group') or 'group'}_idx"
         index_vars = [
-            str(n) for n in idata.constant_data.data_vars if str(n).endswith("_idx")
+            str(n)
+            for n in idata.constant_data.data_vars
+            if str(n) == named or str(n).endswith("_idx")
         ]
+        index_vars.sort(key=lambda n: n != named)  # the fit's own index first
     if not index_vars:
         raise SbiPluginsError("this fit has no groups (constant_data has no *_idx)")
     name = index_vars[0]
@@ -240,26 +220,24 @@ def _group_rows(idata: az.InferenceData, group: object) -> np.ndarray:
 
 
 def _ppc_arrays(
-    idata: az.InferenceData, group: object, max_draws: int, seed: int
+    idata: az.InferenceData,
+    group: object,
+    max_draws: int,
+    seed: int,
+    source: str = "posterior_predictive",
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Observed rows (n,) and simulated data sets (draws, n) per observable."""
-    if "posterior_predictive" not in idata.groups():
-        raise SbiPluginsError(
-            "this fit has no posterior_predictive group; fit it with "
-            "posterior_predictive=True"
-        )
+    """Observed rows (n,) and simulated data sets (draws, n) per observable, from
+    `source` (the posterior or the prior predictive)."""
+    simulated = predictive_group(idata, source)
     rows = None if group is None else _group_rows(idata, group)
     observed, predicted = {}, {}
-    rng = np.random.default_rng(seed)
     pick = None
     for name in idata.observed_data.data_vars:
         obs = np.asarray(idata.observed_data[name].values, dtype=float)
-        pred = np.asarray(idata.posterior_predictive[name].values, dtype=float)
+        pred = np.asarray(simulated[name].values, dtype=float)
         pred = pred.reshape(-1, pred.shape[-1])
         if pick is None:
-            pick = np.sort(
-                rng.choice(len(pred), min(max_draws, len(pred)), replace=False)
-            )
+            pick = pick_draws(len(pred), max_draws, seed)
         if rows is not None:
             obs, pred = obs[rows], pred[:, rows]
         observed[str(name)], predicted[str(name)] = obs, pred[pick]
@@ -281,9 +259,11 @@ def _draw_histogram(
     edges: np.ndarray,
     scale: float,
     hdi_prob: float,
+    label: str | None = None,
 ) -> None:
     """Observed histogram (steps) over the predictive mean and interval (band);
     heights are densities times `scale`, so several panels can share one total."""
+    label = label or "posterior predictive"
     width = np.diff(edges)
     obs_h = np.histogram(obs, edges)[0] / (width * scale)
     pred_h = np.stack([np.histogram(p, edges)[0] for p in pred]) / (width * scale)
@@ -296,11 +276,9 @@ def _draw_histogram(
         fill=True,
         alpha=0.35,
         color="tab:blue",
-        label=f"posterior predictive ({hdi_prob:.0%} interval)",
+        label=f"{label} ({hdi_prob:.0%} interval)",
     )
-    ax.stairs(
-        pred_h.mean(0), edges, color="tab:blue", label="posterior predictive mean"
-    )
+    ax.stairs(pred_h.mean(0), edges, color="tab:blue", label=f"{label} mean")
     ax.stairs(obs_h, edges, color="k", lw=1.5, label="observed")
 
 
@@ -308,6 +286,8 @@ def plot_ppc(
     idata: az.InferenceData,
     *,
     group: object = None,
+    by: str | None = None,
+    source: str = "posterior_predictive",
     max_draws: int = 200,
     hdi_prob: float = 0.94,
     seed: int = 0,
@@ -316,41 +296,110 @@ def plot_ppc(
     network: this is what checks the network). Counts: histograms; a choice with a
     continuous observable (DDM): densities of the latter per response, each scaled by
     the response's share, so choice proportions are checked too. `group`: one
-    group's rows only (its label)."""
-    observed, predicted = _ppc_arrays(idata, group, max_draws, seed)
-    kinds = _observable_kinds(idata)
+    group's rows only (its label). `by`: one row of panels per value of a data
+    column (a condition kept in `constant_data`, or the group column); the axes
+    come back as (condition, panel) then, else one row. `source="prior_predictive"`
+    draws what the priors imply instead."""
+    observed, predicted = _ppc_arrays(idata, group, max_draws, seed, source)
+    kinds = observable_kinds(idata)
+    where = "" if group is None else f" ({group})"
+    label = "prior predictive" if source == "prior_predictive" else None
+    if by is None:
+        panels = _ppc_panels(kinds, observed, predicted)
+        fig, axes = _panel_grid(1, panels)
+        _draw_ppc_row(axes[0], kinds, observed, predicted, where, hdi_prob, label)
+        fig.tight_layout()
+        return axes[0]
+    condition = condition_labels(idata, by)
+    if group is not None:
+        condition = condition[_group_rows(idata, group)]
+    conditions = sorted(set(condition), key=_natural)
+    panels = _ppc_panels(kinds, observed, predicted)
+    fig, axes = _panel_grid(len(conditions), panels)
+    for row, c in zip(axes, conditions, strict=True):
+        rows = condition == c
+        _draw_ppc_row(
+            row,
+            kinds,
+            {n: v[rows] for n, v in observed.items()},
+            {n: v[:, rows] for n, v in predicted.items()},
+            where,
+            hdi_prob,
+            label,
+            codes=panels,
+            prefix=f"{by} = {c}, ",
+        )
+    fig.tight_layout()
+    return axes
+
+
+def _decision_pair(kinds: Mapping[str, str]) -> tuple[str, str] | None:
     choices = [n for n, k in kinds.items() if k == "choice"]
     continuous = [n for n, k in kinds.items() if k == "continuous"]
-    where = "" if group is None else f" ({group})"
     if len(kinds) == 2 and len(choices) == 1 and len(continuous) == 1:
-        (choice,), (value,) = choices, continuous
-        codes = np.unique(np.concatenate([observed[choice], predicted[choice].ravel()]))
-        fig, axes = plt.subplots(
-            1, len(codes), figsize=(5 * len(codes), 3.6), squeeze=False, sharey=True
-        )
-        edges = _edges(observed[value], predicted[value], discrete=False)
+        return choices[0], continuous[0]
+    return None
+
+
+def _ppc_panels(
+    kinds: Mapping[str, str],
+    observed: Mapping[str, np.ndarray],
+    predicted: Mapping[str, np.ndarray],
+) -> list:
+    """The panels of one row: a decision model's response codes, else observables."""
+    pair = _decision_pair(kinds)
+    if pair is None:
+        return list(kinds)
+    values = np.concatenate([observed[pair[0]], predicted[pair[0]].ravel()])
+    return [float(c) for c in np.unique(values[np.isfinite(values)])]
+
+
+def _panel_grid(rows: int, panels: list) -> tuple[plt.Figure, np.ndarray]:
+    return plt.subplots(
+        rows,
+        len(panels),
+        figsize=(5 * len(panels), 3.6 * rows),
+        squeeze=False,
+        sharey="row",
+    )
+
+
+def _draw_ppc_row(
+    axes: np.ndarray,
+    kinds: Mapping[str, str],
+    observed: Mapping[str, np.ndarray],
+    predicted: Mapping[str, np.ndarray],
+    where: str,
+    hdi_prob: float,
+    label: str | None,
+    codes: list | None = None,
+    prefix: str = "",
+) -> None:
+    pair = _decision_pair(kinds)
+    if pair is not None:
+        choice, value = pair
+        codes = codes or _ppc_panels(kinds, observed, predicted)
+        finite = predicted[value][np.isfinite(predicted[value])]
+        edges = _edges(observed[value][np.isfinite(observed[value])], finite, False)
         n = len(observed[value])
-        for ax, code in zip(axes[0], codes, strict=True):
+        for ax, code in zip(axes, codes, strict=True):
             obs = observed[value][observed[choice] == code]
             pred = [
                 p[c == code]
                 for p, c in zip(predicted[value], predicted[choice], strict=True)
             ]
-            _draw_histogram(ax, obs, pred, edges, n, hdi_prob)
+            _draw_histogram(ax, obs, pred, edges, n, hdi_prob, label)
             share = np.mean([len(p) / n for p in pred])
             ax.set_title(
-                f"{choice} = {code:g}{where}: observed {len(obs) / n:.0%}, "
-                f"predicted {share:.0%}"
+                f"{prefix}{choice} = {code:g}{where}: observed {len(obs) / n:.0%}, "
+                f"predicted {share:.0%}",
+                fontsize="medium",
             )
             ax.set_xlabel(value)
-        axes[0, 0].set_ylabel("density x share of response")
-        axes[0, 0].legend(fontsize="small")
-        fig.tight_layout()
-        return axes[0]
-    fig, axes = plt.subplots(
-        1, len(kinds), figsize=(5.5 * len(kinds), 3.6), squeeze=False
-    )
-    for ax, (name, kind) in zip(axes[0], kinds.items(), strict=True):
+        axes[0].set_ylabel("density x share of response")
+        axes[0].legend(fontsize="small")
+        return
+    for ax, (name, kind) in zip(axes, kinds.items(), strict=True):
         edges = _edges(observed[name], predicted[name], discrete=kind != "continuous")
         _draw_histogram(
             ax,
@@ -359,13 +408,99 @@ def plot_ppc(
             edges,
             len(observed[name]),
             hdi_prob,
+            label,
         )
         ax.set_xlabel(name)
         ax.set_ylabel("probability" if kind != "continuous" else "density")
-        ax.set_title(f"{name}{where}: observed vs posterior predictive")
-    axes[0, 0].legend(fontsize="small")
-    fig.tight_layout()
-    return axes[0]
+        ax.set_title(
+            f"{prefix}{name}{where}: observed vs {label or 'posterior predictive'}",
+            fontsize="medium",
+        )
+    axes[0].legend(fontsize="small")
+
+
+def quantile_probability(
+    idata: az.InferenceData,
+    by: str | None = None,
+    *,
+    quantiles: Sequence[float] = QUANTILES,
+    source: str = "posterior_predictive",
+    hdi_prob: float = 0.94,
+    max_draws: int = 200,
+    seed: int = 0,
+    ax: plt.Axes | None = None,
+) -> plt.Axes:
+    """The quantile-probability plot of decision models: for each condition (the
+    values of data column `by`) and response, the response's probability on x and
+    its RT quantiles on y; observed as dots, the simulated data sets (posterior or
+    `source="prior_predictive"`) as their mean with a central `hdi_prob` interval
+    both ways, the same quantile joined across conditions. The numbers are those of
+    `sbi_plugins.quantiles.quantile_table` called with the same arguments."""
+    table = quantile_table(
+        idata,
+        by,
+        quantiles=quantiles,
+        source=source,
+        hdi_prob=hdi_prob,
+        max_draws=max_draws,
+        seed=seed,
+    )
+    choice = table.attrs["choice"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8.5, 4.8), layout="constrained")
+    p = table[table["statistic"] == "p"].reset_index(drop=True)
+    names = [f"q{q:g}" for q in quantiles]
+    colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(names)))
+    predicted_label = (
+        "prior predictive" if source == "prior_predictive" else "posterior predictive"
+    )
+    for k, (name, colour) in enumerate(zip(names, colours, strict=True)):
+        q = table[table["statistic"] == name].reset_index(drop=True)
+        order = np.argsort(p["predicted"].to_numpy())
+        ax.plot(
+            p["predicted"].to_numpy()[order],
+            q["predicted"].to_numpy()[order],
+            "-",
+            color=colour,
+            lw=0.8,
+            alpha=0.7,
+        )
+        ax.errorbar(
+            p["predicted"],
+            q["predicted"],
+            yerr=[q["predicted"] - q["low"], q["high"] - q["predicted"]],
+            xerr=[p["predicted"] - p["low"], p["high"] - p["predicted"]],
+            fmt="s",
+            ms=4,
+            mfc="white",
+            color=colour,
+            elinewidth=1,
+            label=f"{predicted_label}, {name[1:]} quantile ({hdi_prob:.0%})",
+        )
+        ax.scatter(
+            p["observed"],
+            q["observed"],
+            s=22,
+            color="k",
+            zorder=3,
+            label="observed" if k == 0 else None,
+            gid=f"observed {name}",
+        )
+    shown = p[np.isfinite(p["observed"].to_numpy(dtype=float))]
+    labels = [f"{choice}={code:g}" for code in shown[choice]]
+    if table.attrs["by"]:
+        labels = [f"{c}, {t}" for c, t in zip(shown["condition"], labels, strict=True)]
+    top = ax.secondary_xaxis("top")  # which point is which, above the panel
+    top.set_xticks(shown["observed"].to_numpy(dtype=float), labels)
+    top.tick_params(labelrotation=90, labelsize="x-small")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_xlabel(f"response probability{f' (by {by})' if by else ''}")
+    ax.set_ylabel(
+        f"{table.attrs['time']} quantiles ({', '.join(f'{q:g}' for q in quantiles)})"
+    )
+    ax.set_title("quantile-probability plot", fontsize="medium")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
 
 
 def plot_domain(

@@ -24,6 +24,13 @@ import pandas as pd
 from sbi_plugins import plot
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.outputs import check_writable_dir, write_new
+from sbi_plugins.quantiles import (
+    MAX_CONDITIONS,
+    condition_labels,
+    default_condition,
+    quantile_table,
+    response_columns,
+)
 from sbi_plugins.results.comparison import compare, load_fit
 
 REPORT_FILE = "report.html"
@@ -319,15 +326,133 @@ def _comparison(fits: Mapping[str, az.InferenceData]) -> str:
     return out
 
 
+def _predictive_section(name: str, idata: az.InferenceData, by: str | None) -> str:
+    """The posterior predictive split by condition (`by`, else `report_condition`);
+    for a decision model (a choice and a response time) also the
+    quantile-probability plot and observed vs predicted response shares and RT
+    quantiles per condition, with the 94% interval of the simulated data sets; an
+    observed value outside it is marked."""
+    by = by or report_condition(idata)
+    where = f" by {by}" if by else ""
+    parts = []
+    if by:
+        parts.append(
+            _try_figure(
+                lambda: plot.plot_ppc(idata, by=by),
+                f"{name}: posterior predictive check{where}",
+            )
+        )
+    try:
+        response_columns(idata)
+    except SbiPluginsError:
+        return "\n".join(parts)  # not a decision model
+    try:
+        table = quantile_table(idata, by)
+    except SbiPluginsError as exc:
+        reason = html.escape(str(exc))
+        parts.append(
+            f"<p class='note'>{html.escape(name)}: no RT quantiles ({reason})</p>"
+        )
+        return "\n".join(parts)
+    parts.insert(
+        0,
+        _try_figure(
+            lambda: plot.quantile_probability(idata, by),
+            f"{name}: quantile-probability plot{where}",
+        ),
+    )
+    parts.append(_quantile_table_html(name, table, by))
+    return "\n".join(parts)
+
+
+def _check_condition(fits: Mapping[str, az.InferenceData], by: str) -> None:
+    """A `by` that no fit has is a typo: refuse it before any work, naming the
+    columns the first fit has (a fit lacking a column others have gets a note)."""
+    errors = []
+    for idata in fits.values():
+        try:
+            condition_labels(idata, by)
+            return
+        except SbiPluginsError as exc:
+            errors.append(str(exc))
+    raise SbiPluginsError(errors[0])
+
+
+def report_condition(idata: az.InferenceData) -> str | None:
+    """What a report splits predictive checks by when not told: a kept condition
+    column (`default_condition`), else the group column when it has 2-8 groups."""
+    found = default_condition(idata)
+    if found:
+        return found
+    group = plot.fit_attrs(idata).get("group", "")
+    groups = idata.posterior.sizes.get(group, 0) if group else 0
+    return group if 2 <= groups <= MAX_CONDITIONS else None
+
+
+def _quantile_table_html(name: str, table: pd.DataFrame, by: str | None) -> str:
+    choice = table.attrs["choice"]
+    statistics = list(dict.fromkeys(table["statistic"]))
+    head = "".join(f"<th>{html.escape(s)}</th>" for s in statistics)
+    rows = []
+    for (condition, code), cells in table.groupby(["condition", choice], sort=False):
+        out = [_cell(condition, text=True), _cell(f"{code:g}")]
+        for _, r in cells.iterrows():
+            if not np.isfinite(r["observed"]):
+                out.append(_cell("-"))
+                continue
+            inside = r["low"] <= r["observed"] <= r["high"]
+            out.append(
+                _cell(
+                    f"{r['observed']:.3g} [{r['low']:.3g}, {r['high']:.3g}]",
+                    bad=not inside,
+                )
+            )
+        rows.append(f"<tr>{''.join(out)}</tr>")
+    where = f" by {by}" if by else ""
+    return (
+        f"<table class='quantiles'><caption>{html.escape(name)}: observed "
+        f"[94% interval of {table.attrs['draws']} simulated data sets]{where}: "
+        f"<code>p</code> is the response's share, <code>q</code> its RT quantiles"
+        f"</caption><tr><th>{html.escape(by or 'condition')}</th>"
+        f"<th>{html.escape(choice)}</th>{head}</tr>{''.join(rows)}</table>"
+    )
+
+
+def _prior_section(name: str, idata: az.InferenceData, by: str | None) -> str:
+    """What the priors imply, drawn as the posterior predictive is."""
+    parts = [
+        _try_figure(
+            lambda: plot.plot_ppc(idata, source="prior_predictive"),
+            f"{name}: prior predictive check (data simulated at prior draws)",
+        )
+    ]
+    try:
+        response_columns(idata)
+    except SbiPluginsError:
+        return "\n".join(parts)
+    by = by or report_condition(idata)
+    parts.append(
+        _try_figure(
+            lambda: plot.quantile_probability(idata, by, source="prior_predictive"),
+            f"{name}: quantile-probability plot of the prior predictive"
+            + (f" by {by}" if by else ""),
+        )
+    )
+    return "\n".join(parts)
+
+
 def render_report(
     fits: Mapping[str, az.InferenceData | str | Path] | Sequence[str | Path],
     *,
     title: str = "sbi-plugins report",
+    by: str | None = None,
 ) -> str:
     """The report as one HTML string (see `write_report`)."""
     from sbi_plugins import __version__
 
     fits = load_fits(fits)
+    if by is not None:
+        _check_condition(fits, by)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts = [
         f"<h1>{html.escape(title)}</h1>",
@@ -372,6 +497,10 @@ def render_report(
                 "draws)",
             )
         )
+        if "posterior_predictive" in idata.groups():
+            parts.append(_predictive_section(name, idata, by))
+        if "prior_predictive" in idata.groups():
+            parts.append(_prior_section(name, idata, by))
         parts.append(
             _try_figure(
                 lambda i=idata: plot.plot_domain(i),
@@ -437,10 +566,13 @@ def write_report(
     out_dir: str | Path,
     *,
     title: str = "sbi-plugins report",
+    by: str | None = None,
 ) -> Path:
     """Write `report.html` into `out_dir` (created if needed); an existing report is
     never overwritten, even one that appears while the report is rendered. Returns
-    the path of the report."""
+    the path of the report. `by`: the data column whose values are the conditions
+    of the decision-model predictive checks (default: the first kept column with
+    2-8 values)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SbiPluginsError(
@@ -452,5 +584,5 @@ def write_report(
             f"{path} exists; choose another --out directory (nothing was overwritten)"
         )
     check_writable_dir(out_dir, path)
-    text = render_report(fits, title=title)
+    text = render_report(fits, title=title, by=by)
     return write_new(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))

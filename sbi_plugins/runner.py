@@ -16,7 +16,12 @@ import pandas as pd
 import torch
 
 from sbi_plugins.contract import PopulationPrior, Simulator
-from sbi_plugins.data import PreparedData, prepare_data, read_table
+from sbi_plugins.data import (
+    PreparedData,
+    condition_columns,
+    prepare_data,
+    read_table,
+)
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.estimators.artifact import TrainedEstimator
 from sbi_plugins.estimators.refinement import (
@@ -239,6 +244,7 @@ def fit(
         coords=coords,
         prior=prior,
         prior_predictive=simulated_prior,
+        conditions=condition_columns(frame, sim, group),
     )
 
 

@@ -50,8 +50,11 @@ def images(text: str) -> list[str]:
 def test_report_is_self_contained_with_tables_and_figures(report):
     text = report.read_text()
     sources = images(text)
-    # forest, shrinkage (lam: none vs partial), and per fit: predictive + domain
-    assert len(sources) == 6
+    # forest, shrinkage (lam: none vs partial), and per fit: predictive, predictive
+    # by location (5 groups: one row of panels each) and domain
+    assert len(sources) == 8
+    for name in ("unpooled", "hierarchical"):
+        assert f"<figcaption>{name}: posterior predictive check by location<" in text
     for src in sources:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -143,6 +146,21 @@ def test_an_existing_report_is_not_overwritten(report, fit_files, capsys):
         write_report([fit_files[0]], report)
 
 
+@pytest.mark.slow
+def test_a_condition_no_fit_has_is_a_one_line_error(fit_files, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["report", *map(str, fit_files), "--out", str(out), "--by", "batch"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no column 'batch'" in err and "the group 'location'" in err
+    assert not (out / "report.html").exists()
+    assert (
+        main(["report", str(fit_files[0]), "--out", str(out), "--by", "location"]) == 0
+    )
+    text = (out / "report.html").read_text()
+    assert "<figcaption>unpooled: posterior predictive check by location<" in text
+
+
 @pytest.mark.parametrize(
     "content,pattern",
     [(None, r"cannot read fit .*missing\.nc.*no such file"), (b"not netcdf", "not an")],
@@ -190,7 +208,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     (body,) = re.findall(r"<body[^>]*>", dom.stdout)
     # the report's own script marks the page once every image has decoded
     assert 'data-rendered="ok"' in body, body
-    assert 'data-images-total="6"' in body and 'data-images-decoded="6"' in body
+    assert 'data-images-total="8"' in body and 'data-images-decoded="8"' in body
     assert 'data-errors="0"' in body, body
     assert dom.stdout.count("<table") >= 5  # overview, diagnostics, comparison, 2x
     shot = tmp_path / "report.png"

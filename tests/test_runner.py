@@ -292,3 +292,26 @@ def test_posterior_predictive_can_be_thinned_or_skipped(
         **QUICK,
     )
     assert "posterior_predictive" not in none.groups()
+
+
+def test_every_other_column_is_kept_as_constant_data(small_data, tmp_path):
+    """Conditions and covariates go with every fit (not only formula fits), so
+    plots and checks can split by them; text stays text through netCDF."""
+    data = small_data.assign(
+        batch=np.where(np.arange(len(small_data)) % 2, "early", "late"),
+        oven_temp=np.linspace(180.0, 200.0, len(small_data)),
+        lam=1.0,  # a column named like a posterior variable is left out
+    )
+    idata = sbi_plugins.fit(
+        data, "cookie", group="location", likelihood="exact", seed=1, **QUICK
+    )
+    kept = idata.constant_data
+    assert sorted(kept.data_vars) == ["batch", "location_idx", "oven_temp"]
+    assert list(kept["batch"].values) == list(data["batch"])
+    np.testing.assert_array_equal(kept["oven_temp"].values, data["oven_temp"])
+    assert kept["batch"].dims == ("__obs__",)
+    path = tmp_path / "fit.nc"
+    idata.to_netcdf(str(path))
+    back = az.from_netcdf(path)
+    assert list(back.constant_data["batch"].values) == list(data["batch"])
+    assert back.posterior["lam"].dims == ("chain", "draw", "location")

@@ -75,10 +75,12 @@ def build_inference_data(
     coords: dict[str, Any] | None = None,
     prior: dict[str, np.ndarray] | None = None,
     prior_predictive: dict[str, np.ndarray] | None = None,
+    conditions: dict[str, np.ndarray] | None = None,
 ) -> az.InferenceData:
     """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...).
     `dims`/`coords` name the dims of the posterior's (and prior's) variables;
-    `prior` and `prior_predictive` fill ArviZ's groups of those names."""
+    `prior` and `prior_predictive` fill ArviZ's groups of those names; `conditions`
+    (the data's other columns, per row) join the group index in `constant_data`."""
     group_dim = data.group_dim
     dims = dict(dims or {})
     observed = observable_dtypes(
@@ -89,8 +91,11 @@ def build_inference_data(
         dims[name] = [OBS_DIM]
     lik_name = observation_site(simulator)  # the rows' site is LOO's variable
     dims[lik_name] = [OBS_DIM]
-    constant = {f"{group_dim}_idx": data.group_index}
-    dims[f"{group_dim}_idx"] = [OBS_DIM]
+    taken = {*posterior, *dims, lik_name}  # ArviZ's dims are by name, all groups
+    kept = {k: v for k, v in (conditions or {}).items() if k not in taken}
+    constant = {**kept, f"{group_dim}_idx": data.group_index}
+    for name in constant:
+        dims[name] = [OBS_DIM]
     all_coords = {
         group_dim: _coord(data.group_labels),
         OBS_DIM: _coord(data.row_labels),
@@ -130,3 +135,13 @@ def build_inference_data(
     for group in idata.groups():
         idata[group].attrs.update(attrs)
     return idata
+
+
+def fit_attrs(idata: az.InferenceData) -> dict[str, str]:
+    """The attrs `fit` records (simulator, pooling, domain warnings, ...), which live
+    on every group and survive a netCDF round trip."""
+    attrs: dict[str, str] = {}
+    for group in ("observed_data", "posterior"):
+        if group in idata.groups():
+            attrs.update(idata[group].attrs)
+    return attrs
