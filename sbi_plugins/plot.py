@@ -21,8 +21,8 @@ import numpy as np
 from sbi_plugins.errors import PluginError, SbiPluginsError
 from sbi_plugins.quantiles import (
     QUANTILES,
-    _natural,
     condition_labels,
+    condition_order,
     observable_kinds,
     pick_draws,
     predictive_group,
@@ -313,10 +313,10 @@ def plot_ppc(
     condition = condition_labels(idata, by)
     if group is not None:
         condition = condition[_group_rows(idata, group)]
-    conditions = sorted(set(condition), key=_natural)
+    conditions = condition_order(idata, by, condition)
     panels = _ppc_panels(kinds, observed, predicted)
     fig, axes = _panel_grid(len(conditions), panels)
-    for row, c in zip(axes, conditions, strict=True):
+    for i, (row, c) in enumerate(zip(axes, conditions, strict=True)):
         rows = condition == c
         _draw_ppc_row(
             row,
@@ -329,6 +329,8 @@ def plot_ppc(
             codes=panels,
             prefix=f"{by} = {c}, ",
         )
+        if i and row[0].get_legend():
+            row[0].get_legend().remove()  # one legend, on the first row
     fig.tight_layout()
     return axes
 
@@ -355,6 +357,17 @@ def _ppc_panels(
 
 
 def _panel_grid(rows: int, panels: list) -> tuple[plt.Figure, np.ndarray]:
+    """(rows, panels) axes; one panel a row wraps into up to three columns, the
+    axes still coming back as (rows, 1)."""
+    if len(panels) == 1 and rows > 1:
+        columns = min(rows, 3)
+        lines = -(-rows // columns)
+        fig, grid = plt.subplots(
+            lines, columns, figsize=(4.6 * columns, 3.3 * lines), squeeze=False
+        )
+        for ax in grid.ravel()[rows:]:
+            ax.set_visible(False)
+        return fig, grid.ravel()[:rows].reshape(rows, 1)
     return plt.subplots(
         rows,
         len(panels),

@@ -168,7 +168,7 @@ def quantile_table(
     simulated = predictive_group(idata, source)
     choice, time = response_columns(idata)
     condition = condition_labels(idata, by)
-    conditions = sorted(set(condition), key=_natural)
+    conditions = condition_order(idata, by, condition)
     observed_choice = np.asarray(idata.observed_data[choice].values, dtype=float)
     pred_choice = _flat_draws(simulated[choice].values)
     pick = pick_draws(len(pred_choice), max_draws, seed)
@@ -241,6 +241,21 @@ def pick_draws(count: int, max_draws: int, seed: int) -> np.ndarray:
 
 def _flat_draws(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=float).reshape(-1, values.shape[-1])
+
+
+def condition_order(
+    idata: az.InferenceData, by: str | None, labels: np.ndarray
+) -> list[str]:
+    """The conditions present in `labels`, in the order they are shown: the
+    group's coordinate order for the group column, else numbers in numeric order
+    and then text in text order."""
+    present = set(labels)
+    group = fit_attrs(idata).get("group", "")
+    if by and by == group and group in idata.posterior.coords:
+        ordered = [str(v) for v in idata.posterior.coords[group].values]
+        if present <= set(ordered):
+            return [c for c in ordered if c in present]
+    return sorted(present, key=_natural)
 
 
 def _natural(label: str) -> tuple[int, float | str]:

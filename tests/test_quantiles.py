@@ -218,3 +218,46 @@ def test_report_draws_the_prior_predictive_where_a_fit_has_one():
     ):
         assert f"<figcaption>{caption}</figcaption>" in text
     assert "prior predictive" not in render_report({"ddm": decision_fit()})
+
+
+def test_three_responses_get_a_point_each_per_condition_in_both_plots():
+    idata = decision_fit(codes=(1.0, 2.0, 3.0))
+    ax = plot.quantile_probability(idata, "cond")
+    table = quantile_table(idata, "cond")
+    (dots,) = [c for c in ax.collections if c.get_gid() == "observed q0.5"]
+    q = table[table["statistic"] == "q0.5"]
+    assert len(dots.get_offsets()) == 6  # 2 conditions x 3 responses
+    np.testing.assert_allclose(dots.get_offsets()[:, 1], q["observed"])
+    assert plot.plot_ppc(idata, by="cond").shape == (2, 3)
+
+
+def test_one_observable_by_group_wraps_into_columns_with_each_groups_counts():
+    rng = np.random.default_rng(4)
+    site = np.repeat([0, 1, 2, 3], 25)
+    chips = rng.poisson(5 + 2 * site).astype(float)
+    idata = az.from_dict(
+        posterior={"lam": rng.normal(size=(1, 20, 4))},
+        observed_data={"chips": chips},
+        posterior_predictive={"chips": rng.poisson(5 + 2 * site, (1, 20, 100))},
+        constant_data={"site_idx": site},
+        dims={"chips": ["__obs__"], "site_idx": ["__obs__"], "lam": ["site"]},
+        coords={"site": ["n", "e", "s", "w"]},
+    )
+    for group in idata.groups():
+        idata[group].attrs.update(simulator="not-installed", group="site")
+    axes = plot.plot_ppc(idata, by="site")
+    assert axes.shape == (4, 1)
+    assert axes[0, 0].get_gridspec().ncols == 3  # wrapped: 3 columns, 2 lines
+    for ax, label, code in zip(axes[:, 0], ["n", "e", "s", "w"], range(4), strict=True):
+        assert ax.get_title().startswith(f"site = {label}, chips")
+        (patch,) = [p for p in ax.patches if p.get_label() == "observed"]
+        heights, edges, _ = patch.get_data()
+        centres = (edges[:-1] + edges[1:]) / 2
+        mean = np.sum(heights * np.diff(edges) * centres)
+        assert mean == pytest.approx(chips[site == code].mean(), abs=1e-9)
+    assert [ax.get_legend() is not None for ax in axes[:, 0]] == [
+        True,
+        False,
+        False,
+        False,
+    ]
