@@ -33,7 +33,7 @@ LAYERS = [
     ("inference", {"inference"}),
     ("results", {"results"}),
     ("fit", {"runner", "check", "batch"}),
-    ("surface", {"api", "cli", "plot", "report", "demo", "__init__"}),
+    ("surface", {"api", "cli", "quantiles", "plot", "report", "demo", "__init__"}),
 ]
 
 

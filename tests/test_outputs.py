@@ -241,7 +241,10 @@ def test_demo_refuses_an_unwritable_out_and_keeps_what_appeared(tmp_path):
 # a fit whose result takes a minute to write; no Pyro or ArviZ to import
 SLOW_FIT = textwrap.dedent(
     """
-    import sys, time, types
+    import signal, sys, time, types
+
+    # a shell's background job inherits SIGINT ignored; Ctrl-C must reach this one
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class SlowFit:
         def to_netcdf(self, path):
