@@ -389,7 +389,7 @@ def condition_columns(
     `constant_data` so plots, checks and the report can split by them: numbers and
     booleans as they are, anything else as text. Names netCDF cannot store (with a
     "/") and the group column (kept as its index) are left out."""
-    skip = {*simulator.observable_names, group, f"{group or 'group'}_idx"}
+    skip = {*simulator.observable_names, group}
     kept = {}
     for column in frame.columns:
         name = str(column)

@@ -27,6 +27,7 @@ from sbi_plugins.quantiles import (
     pick_draws,
     predictive_group,
     quantile_table,
+    source_label,
 )
 from sbi_plugins.results.idata import fit_attrs
 
@@ -196,9 +197,7 @@ def _group_rows(idata: az.InferenceData, group: object) -> np.ndarray:
     if "constant_data" in idata.groups():
         named = f"{fit_attrs(idata).get('group') or 'group'}_idx"
         index_vars = [
-            str(n)
-            for n in idata.constant_data.data_vars
-            if str(n) == named or str(n).endswith("_idx")
+            str(n) for n in idata.constant_data.data_vars if str(n).endswith("_idx")
         ]
         index_vars.sort(key=lambda n: n != named)  # the fit's own index first
     if not index_vars:
@@ -259,11 +258,10 @@ def _draw_histogram(
     edges: np.ndarray,
     scale: float,
     hdi_prob: float,
-    label: str | None = None,
+    label: str,
 ) -> None:
     """Observed histogram (steps) over the predictive mean and interval (band);
     heights are densities times `scale`, so several panels can share one total."""
-    label = label or "posterior predictive"
     width = np.diff(edges)
     obs_h = np.histogram(obs, edges)[0] / (width * scale)
     pred_h = np.stack([np.histogram(p, edges)[0] for p in pred]) / (width * scale)
@@ -303,7 +301,7 @@ def plot_ppc(
     observed, predicted = _ppc_arrays(idata, group, max_draws, seed, source)
     kinds = observable_kinds(idata)
     where = "" if group is None else f" ({group})"
-    label = "prior predictive" if source == "prior_predictive" else None
+    label = source_label(source)
     if by is None:
         panels = _ppc_panels(kinds, observed, predicted)
         fig, axes = _panel_grid(1, panels)
@@ -384,7 +382,7 @@ def _draw_ppc_row(
     predicted: Mapping[str, np.ndarray],
     where: str,
     hdi_prob: float,
-    label: str | None,
+    label: str,
     codes: list | None = None,
     prefix: str = "",
 ) -> None:
@@ -426,7 +424,7 @@ def _draw_ppc_row(
         ax.set_xlabel(name)
         ax.set_ylabel("probability" if kind != "continuous" else "density")
         ax.set_title(
-            f"{prefix}{name}{where}: observed vs {label or 'posterior predictive'}",
+            f"{prefix}{name}{where}: observed vs {label}",
             fontsize="medium",
         )
     axes[0].legend(fontsize="small")
@@ -464,9 +462,7 @@ def quantile_probability(
     p = table[table["statistic"] == "p"].reset_index(drop=True)
     names = [f"q{q:g}" for q in quantiles]
     colours = plt.get_cmap("viridis")(np.linspace(0.0, 0.85, len(names)))
-    predicted_label = (
-        "prior predictive" if source == "prior_predictive" else "posterior predictive"
-    )
+    predicted_label = source_label(source)
     for k, (name, colour) in enumerate(zip(names, colours, strict=True)):
         q = table[table["statistic"] == name].reset_index(drop=True)
         order = np.argsort(p["predicted"].to_numpy())

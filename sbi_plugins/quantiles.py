@@ -174,11 +174,8 @@ def quantile_table(
     pick = pick_draws(len(pred_choice), max_draws, seed)
     pred_choice = pred_choice[pick]
     pred_time = _flat_draws(simulated[time].values)[pick]
-    codes = np.unique(
-        np.concatenate([observed_choice, pred_choice.ravel()])[
-            np.isfinite(np.concatenate([observed_choice, pred_choice.ravel()]))
-        ]
-    )
+    every_choice = np.concatenate([observed_choice, pred_choice.ravel()])
+    codes = np.unique(every_choice[np.isfinite(every_choice)])
     observed = summarize(
         observed_choice,
         np.asarray(idata.observed_data[time].values, dtype=float),
@@ -231,6 +228,11 @@ def predictive_group(idata: az.InferenceData, source: str) -> Any:
             f"this fit has no {source} group; fit it with {source}=True"
         )
     return idata[source]
+
+
+def source_label(source: str) -> str:
+    """How plots name the simulated data sets of `source`."""
+    return source.replace("_", " ")
 
 
 def pick_draws(count: int, max_draws: int, seed: int) -> np.ndarray:
