@@ -23,6 +23,7 @@ from sbi_plugins.quantiles import (
     QUANTILES,
     condition_labels,
     condition_order,
+    group_labels,
     observable_kinds,
     pick_draws,
     predictive_group,
@@ -205,9 +206,7 @@ def _group_rows(idata: az.InferenceData, group: object) -> np.ndarray:
     name = index_vars[0]
     dim = name[: -len("_idx")]
     index = idata.constant_data[name].values
-    labels = None
-    if dim in idata.posterior.coords:
-        labels = [str(v) for v in idata.posterior.coords[dim].values]
+    labels = group_labels(idata, dim)
     if labels is not None and str(group) in labels:
         return index == labels.index(str(group))
     if labels is None and isinstance(group, (int, np.integer)):

@@ -75,6 +75,15 @@ def response_columns(idata: az.InferenceData) -> tuple[str, str]:
     return choices[0], times[0]
 
 
+def group_labels(idata: az.InferenceData, dim: str) -> list[str] | None:
+    """The labels of grouping `dim` in index order: kept beside the index in
+    `constant_data` (every fit), or a posterior coordinate (older files)."""
+    for group in ("constant_data", "posterior"):
+        if group in idata.groups() and dim and dim in idata[group].coords:
+            return [str(v) for v in idata[group].coords[dim].values]
+    return None
+
+
 def condition_labels(idata: az.InferenceData, by: str | None) -> np.ndarray:
     """Each data row's condition as text: the values of column `by` (kept in
     `constant_data`, or the fit's group column), or "all" for every row."""
@@ -85,9 +94,10 @@ def condition_labels(idata: az.InferenceData, by: str | None) -> np.ndarray:
     if constant is not None and by in constant.data_vars:
         return _as_text(np.asarray(constant[by].values))
     group = fit_attrs(idata).get("group", "")
-    if by == group and constant is not None and f"{group}_idx" in constant:
-        labels = np.asarray(idata.posterior.coords[group].values)
-        return _as_text(labels[np.asarray(constant[f"{group}_idx"].values)])
+    labels = group_labels(idata, group) if by == group else None
+    if labels is not None and f"{group}_idx" in constant:
+        codes = np.asarray(constant[f"{group}_idx"].values)
+        return _as_text(np.asarray(labels, dtype=object)[codes])
     kept = [] if constant is None else [str(n) for n in constant.data_vars]
     raise SbiPluginsError(
         f"no column {by!r} in this fit's constant_data; conditions can be "
@@ -212,17 +222,30 @@ def quantile_table(
                 )
     table = pd.DataFrame(rows)
     table.attrs.update(
-        by=by or "", choice=choice, time=time, source=source, draws=len(pick)
+        by=by or "",
+        choice=choice,
+        time=time,
+        source=predictive_source(source),
+        draws=len(pick),
     )
     return table
 
 
+def predictive_source(source: str) -> str:
+    """The group `source` names: a predictive group, or "posterior"/"prior" for
+    short (as a user types it)."""
+    name = source if source.endswith("_predictive") else f"{source}_predictive"
+    if name not in PREDICTIVE_GROUPS:
+        raise SbiPluginsError(
+            f"source must be one of {', '.join(PREDICTIVE_GROUPS)} (or posterior, "
+            f"prior), got {source!r}"
+        )
+    return name
+
+
 def predictive_group(idata: az.InferenceData, source: str) -> Any:
     """The simulated data sets of `source`, or an error saying how to get them."""
-    if source not in PREDICTIVE_GROUPS:
-        raise SbiPluginsError(
-            f"source must be one of {', '.join(PREDICTIVE_GROUPS)}, got {source!r}"
-        )
+    source = predictive_source(source)
     if source not in idata.groups():
         raise SbiPluginsError(
             f"this fit has no {source} group; fit it with {source}=True"
@@ -232,7 +255,7 @@ def predictive_group(idata: az.InferenceData, source: str) -> Any:
 
 def source_label(source: str) -> str:
     """How plots name the simulated data sets of `source`."""
-    return source.replace("_", " ")
+    return predictive_source(source).replace("_", " ")
 
 
 def pick_draws(count: int, max_draws: int, seed: int) -> np.ndarray:
@@ -253,10 +276,9 @@ def condition_order(
     and then text in text order."""
     present = set(labels)
     group = fit_attrs(idata).get("group", "")
-    if by and by == group and group in idata.posterior.coords:
-        ordered = [str(v) for v in idata.posterior.coords[group].values]
-        if present <= set(ordered):
-            return [c for c in ordered if c in present]
+    ordered = group_labels(idata, group) if by and by == group else None
+    if ordered is not None and present <= set(ordered):
+        return [c for c in ordered if c in present]
     return sorted(present, key=_natural)
 
 

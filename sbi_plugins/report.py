@@ -28,6 +28,7 @@ from sbi_plugins.quantiles import (
     MAX_CONDITIONS,
     condition_labels,
     default_condition,
+    group_labels,
     quantile_table,
     response_columns,
 )
@@ -385,7 +386,7 @@ def report_condition(idata: az.InferenceData) -> str | None:
     if found:
         return found
     group = plot.fit_attrs(idata).get("group", "")
-    groups = idata.posterior.sizes.get(group, 0) if group else 0
+    groups = len(group_labels(idata, group) or ())
     return group if 2 <= groups <= MAX_CONDITIONS else None
 
 

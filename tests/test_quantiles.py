@@ -134,6 +134,20 @@ def test_no_condition_is_one_condition_and_a_wrong_one_says_what_there_is():
         quantile_table(idata, "condition")
     with pytest.raises(SbiPluginsError, match="no prior_predictive group"):
         quantile_table(idata, source="prior_predictive")
+    with pytest.raises(SbiPluginsError, match="posterior_predictive.*got 'priors'"):
+        quantile_table(idata, source="priors")
+
+
+def test_posterior_and_prior_are_short_for_their_predictive_groups():
+    idata = decision_fit(prior=True)
+    for short in ("posterior", "prior"):
+        table = quantile_table(idata, "cond", source=short)
+        full = quantile_table(idata, "cond", source=f"{short}_predictive")
+        assert table.attrs["source"] == f"{short}_predictive"
+        assert table.equals(full)
+    assert not quantile_table(idata, "cond", source="prior").equals(
+        quantile_table(idata, "cond")
+    )
 
 
 def test_quantile_probability_plot_draws_the_tables_numbers():

@@ -315,3 +315,22 @@ def test_every_other_column_is_kept_as_constant_data(small_data, tmp_path):
     back = az.from_netcdf(path)
     assert list(back.constant_data["batch"].values) == list(data["batch"])
     assert back.posterior["lam"].dims == ("chain", "draw", "location")
+
+
+def test_group_labels_are_kept_when_no_posterior_variable_is_by_group(small_data):
+    """A complete-pooled (or formula) fit's posterior has no group dim, yet
+    plots by group need each row's group label: constant_data keeps them."""
+    from sbi_plugins.quantiles import condition_labels
+
+    idata = sbi_plugins.fit(
+        small_data,
+        "cookie",
+        group="location",
+        pooling="complete",
+        likelihood="exact",
+        seed=1,
+        **QUICK,
+    )
+    assert "location" not in idata.posterior.coords
+    labels = condition_labels(idata, "location")
+    assert list(labels) == [str(v) for v in small_data["location"]]

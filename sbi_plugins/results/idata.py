@@ -128,6 +128,11 @@ def build_inference_data(
     if prior_predictive is not None:
         groups["prior_predictive"] = observable_dtypes(simulator, prior_predictive)
     idata = az.from_dict(**groups, coords=all_coords, dims=dims, attrs=attrs)
+    # the group labels beside their index, whatever the posterior's dims are
+    # (a formula's or a pooled fit's name no group)
+    idata.constant_data = idata.constant_data.assign_coords(
+        {group_dim: all_coords[group_dim]}
+    )
     if posterior_predictive is not None and predictive_draw_index is not None:
         idata.posterior_predictive = idata.posterior_predictive.assign_coords(
             draw=predictive_draw_index
