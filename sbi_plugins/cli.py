@@ -26,6 +26,10 @@ class CliError(SbiPluginsError):
     """A bad command line."""
 
 
+LOG_LIKELIHOOD = {"float32": True, "float64": "float64", "none": False}
+"""`--log-likelihood` choices and the `fit(log_likelihood=...)` each stands for."""
+
+
 def parse_pooling(text: str) -> str | dict[str, str]:
     """`partial`, or per parameter: `v=partial,a=complete`."""
     if "=" not in text:
@@ -190,6 +194,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         method=args.method,
         prior_predictive=args.prior_predictive or False,
         refine=parse_refine(args.refine),
+        log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -387,6 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="fine-tune the estimator at this fit's posterior and refit until the "
         "posterior stops moving (default auto: from 2000 rows; N: at most N rounds)",
+    )
+    p.add_argument(
+        "--log-likelihood",
+        choices=tuple(LOG_LIKELIHOOD),
+        default="float32",
+        help="the pointwise log-likelihood for az.loo / compare: float32 (default, "
+        "half the size), float64, or none (left out)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)

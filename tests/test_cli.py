@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import arviz as az
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -178,6 +179,19 @@ def test_fit_then_compare(capsys, tmp_path, csv):
     assert az.from_netcdf(a).posterior["lam"].sizes["location"] == 5
     code, out, _ = run(capsys, "compare", a, b)
     assert code == 0 and "elpd_loo" in out and "partial" in out and "complete" in out
+
+
+def test_a_fit_without_log_likelihood_cannot_be_compared(capsys, tmp_path, csv):
+    a, b = tmp_path / "a.nc", tmp_path / "b.nc"
+    run(capsys, "fit", "cookie", csv, "--group", "location", "--out", a, *QUICK)
+    code, _, _ = run(
+        capsys,
+        *("fit", "cookie", csv, "--group", "location", "--out", b, *QUICK),
+        *("--log-likelihood", "none"),
+    )
+    assert code == 0 and "log_likelihood" not in az.from_netcdf(b).groups()
+    assert az.from_netcdf(a).log_likelihood["chips"].dtype == np.float32
+    assert_user_error(capsys, ["compare", a, b], r"has no .*log_likelihood group")
 
 
 def test_compare_refuses_other_data(capsys, tmp_path, csv):
