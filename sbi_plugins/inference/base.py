@@ -1,9 +1,10 @@
 """One interface for inference methods: a method turns the model and its data into
 draws of every site plus its own sampler statistics.
 
-NUTS (`sbi_plugins.inference.nuts_method`) is the one method today; a variational
-method (Pyro SVI with an autoguide) is one more module that implements `run` and
-registers itself in `METHODS`. `fit(method=...)` picks one by name.
+NUTS (`sbi_plugins.inference.nuts_method`, the default) and variational inference
+(`sbi_plugins.inference.variational`, Pyro SVI with a multivariate-normal guide)
+implement `run` and are registered in `METHODS`; `fit(method=...)` picks one by
+name.
 """
 
 from __future__ import annotations
@@ -65,7 +66,10 @@ class InferenceMethod(Protocol):
         """Draws from the posterior of `model` given `model_kwargs`' data."""
 
 
-METHODS: dict[str, str] = {"nuts": "sbi_plugins.inference.nuts_method:Nuts"}
+METHODS: dict[str, str] = {
+    "nuts": "sbi_plugins.inference.nuts_method:Nuts",
+    "vi": "sbi_plugins.inference.variational:Variational",
+}
 """Method name -> 'module:class', imported when asked for."""
 
 
