@@ -381,10 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--prior-predictive",
         type=int,
+        nargs="?",
+        const=True,
         metavar="DRAWS",
         default=0,
-        help="also draw this many times from the prior and simulate a data set at "
-        "each (ArviZ's prior and prior_predictive groups; default: none)",
+        help="also draw this many times from the prior (the flag alone: as "
+        "prior_predictive=True, 500) and simulate a data set at each (ArviZ's "
+        "prior and prior_predictive groups; default: none)",
     )
     p.add_argument(
         "--refine",

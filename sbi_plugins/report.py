@@ -31,6 +31,7 @@ from sbi_plugins.quantiles import (
     group_labels,
     quantile_table,
     response_columns,
+    source_label,
 )
 from sbi_plugins.results.comparison import compare, load_fit
 
@@ -327,20 +328,27 @@ def _comparison(fits: Mapping[str, az.InferenceData]) -> str:
     return out
 
 
-def _predictive_section(name: str, idata: az.InferenceData, by: str | None) -> str:
-    """The posterior predictive split by condition (`by`, else `report_condition`);
-    for a decision model (a choice and a response time) also the
-    quantile-probability plot and observed vs predicted response shares and RT
-    quantiles per condition, with the 94% interval of the simulated data sets; an
-    observed value outside it is marked."""
+def _predictive_section(
+    name: str,
+    idata: az.InferenceData,
+    by: str | None,
+    source: str = "posterior_predictive",
+) -> str:
+    """The predictive (`source`: posterior or prior) split by condition (`by`,
+    else `report_condition`); for a decision model (a choice and a response time)
+    also the quantile-probability plot and observed vs predicted response shares
+    and RT quantiles per condition, with the 94% interval of the simulated data
+    sets; an observed value outside it is marked."""
     by = by or report_condition(idata)
     where = f" by {by}" if by else ""
+    label = source_label(source)
+    of = "" if source == "posterior_predictive" else f" of the {label}"
     parts = []
     if by:
         parts.append(
             _try_figure(
-                lambda: plot.plot_ppc(idata, by=by),
-                f"{name}: posterior predictive check{where}",
+                lambda: plot.plot_ppc(idata, by=by, source=source),
+                f"{name}: {label} check{where}",
             )
         )
     try:
@@ -348,7 +356,7 @@ def _predictive_section(name: str, idata: az.InferenceData, by: str | None) -> s
     except SbiPluginsError:
         return "\n".join(parts)  # not a decision model
     try:
-        table = quantile_table(idata, by)
+        table = quantile_table(idata, by, source=source)
     except SbiPluginsError as exc:
         reason = html.escape(str(exc))
         parts.append(
@@ -358,8 +366,8 @@ def _predictive_section(name: str, idata: az.InferenceData, by: str | None) -> s
     parts.insert(
         0,
         _try_figure(
-            lambda: plot.quantile_probability(idata, by),
-            f"{name}: quantile-probability plot{where}",
+            lambda: plot.quantile_probability(idata, by, source=source),
+            f"{name}: quantile-probability plot{of}{where}",
         ),
     )
     parts.append(_quantile_table_html(name, table, by))
@@ -412,7 +420,8 @@ def _quantile_table_html(name: str, table: pd.DataFrame, by: str | None) -> str:
     where = f" by {by}" if by else ""
     return (
         f"<table class='quantiles'><caption>{html.escape(name)}: observed "
-        f"[94% interval of {table.attrs['draws']} simulated data sets]{where}: "
+        f"[94% interval of {table.attrs['draws']} data sets of the "
+        f"{source_label(table.attrs['source'])}]{where}: "
         f"<code>p</code> is the response's share, <code>q</code> its RT quantiles"
         f"</caption><tr><th>{html.escape(by or 'condition')}</th>"
         f"<th>{html.escape(choice)}</th>{head}</tr>{''.join(rows)}</table>"
@@ -420,26 +429,12 @@ def _quantile_table_html(name: str, table: pd.DataFrame, by: str | None) -> str:
 
 
 def _prior_section(name: str, idata: az.InferenceData, by: str | None) -> str:
-    """What the priors imply, drawn as the posterior predictive is."""
-    parts = [
-        _try_figure(
-            lambda: plot.plot_ppc(idata, source="prior_predictive"),
-            f"{name}: prior predictive check (data simulated at prior draws)",
-        )
-    ]
-    try:
-        response_columns(idata)
-    except SbiPluginsError:
-        return "\n".join(parts)
-    by = by or report_condition(idata)
-    parts.append(
-        _try_figure(
-            lambda: plot.quantile_probability(idata, by, source="prior_predictive"),
-            f"{name}: quantile-probability plot of the prior predictive"
-            + (f" by {by}" if by else ""),
-        )
+    """What the priors imply, drawn and tabled as the posterior predictive is."""
+    overall = _try_figure(
+        lambda: plot.plot_ppc(idata, source="prior_predictive"),
+        f"{name}: prior predictive check (data simulated at prior draws)",
     )
-    return "\n".join(parts)
+    return overall + "\n" + _predictive_section(name, idata, by, "prior_predictive")
 
 
 def render_report(

@@ -181,15 +181,19 @@ def test_fit_then_compare(capsys, tmp_path, csv):
     assert code == 0 and "elpd_loo" in out and "partial" in out and "complete" in out
 
 
-def test_a_fit_without_log_likelihood_cannot_be_compared(capsys, tmp_path, csv):
+def test_a_fit_without_log_likelihood_cannot_be_compared_and_a_bare_prior_flag(
+    capsys, tmp_path, csv
+):
     a, b = tmp_path / "a.nc", tmp_path / "b.nc"
     run(capsys, "fit", "cookie", csv, "--group", "location", "--out", a, *QUICK)
     code, _, _ = run(
         capsys,
         *("fit", "cookie", csv, "--group", "location", "--out", b, *QUICK),
-        *("--log-likelihood", "none"),
+        *("--log-likelihood", "none", "--prior-predictive"),
     )
     assert code == 0 and "log_likelihood" not in az.from_netcdf(b).groups()
+    # the flag alone asks for prior_predictive=True's 500 draws
+    assert az.from_netcdf(b).prior_predictive.sizes["draw"] == 500
     assert az.from_netcdf(a).log_likelihood["chips"].dtype == np.float32
     assert_user_error(capsys, ["compare", a, b], r"has no .*log_likelihood group")
 

@@ -229,8 +229,16 @@ def test_report_draws_the_prior_predictive_where_a_fit_has_one():
     for caption in (
         "ddm: prior predictive check (data simulated at prior draws)",
         "ddm: quantile-probability plot of the prior predictive by cond",
+        "ddm: prior predictive check by cond",
     ):
         assert f"<figcaption>{caption}</figcaption>" in text
+    tables = re.findall(r"<table class='quantiles'>.*?</table>", text, re.S)
+    assert len(tables) == 2
+    assert "data sets of the prior predictive] by cond" in tables[1]
+    prior = quantile_table(decision_fit(prior=True), "cond", source="prior")
+    easy = prior.query("condition == 'easy' and response == 1 and statistic == 'p'")
+    low, high = easy[["low", "high"]].iloc[0]
+    assert f"[{low:.3g}, {high:.3g}]" in tables[1]
     assert "prior predictive" not in render_report({"ddm": decision_fit()})
 
 

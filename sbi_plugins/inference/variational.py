@@ -2,7 +2,12 @@
 multivariate-normal guide over every latent site in the unconstrained space.
 
 Why: on large studies a NUTS fit takes as many gradient evaluations as its
-trajectories need (hundreds per draw); an SVI step takes one. The guide is
+trajectories need (hundreds per draw); an SVI step takes one. SVI fits the same
+potential NUTS samples (Pyro's set-up of the model, compiled on large data as for
+NUTS and checked against Pyro's): the guide is a distribution over the flat
+vector of unconstrained values, and the model it fits is that vector with the
+potential as its factor, so a step costs one potential gradient, not a trace of
+the model's sites. The guide is
 full-rank up to `FULL_RANK_MAX` unconstrained dimensions and low-rank plus
 diagonal above (a 150-subject regression has hundreds), starts at the model's
 data-based start, and is optimised until the ELBO stops improving: each window
@@ -23,7 +28,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyro
+import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.infer.autoguide import (
     AutoLowRankMultivariateNormal,
@@ -34,6 +41,11 @@ from pyro.optim import ClippedAdam
 from tqdm.auto import tqdm
 
 from sbi_plugins.inference.base import Draws, Settings
+from sbi_plugins.inference.compile import (
+    compiled_potential,
+    pyro_potential,
+    worth_compiling,
+)
 
 if TYPE_CHECKING:
     from sbi_plugins.data import PreparedData
@@ -71,15 +83,13 @@ class Variational:
         settings: Settings,
     ) -> Draws:
         s = settings
-        kwargs = dict(model_kwargs)
+        flat = FlatPosterior(model, dict(model_kwargs), s.compile, len(data.x))
         pyro.clear_param_store()
         pyro.set_rng_seed(s.seed)
-        guide = make_guide(model, kwargs)
+        guide = make_guide(flat)
         started = time.perf_counter()
-        losses, converged = optimise(
-            svi_at(model, guide, LEARNING_RATE), kwargs, s.progress
-        )
-        losses += averaged_steps(svi_at(model, guide, LEARNING_RATE), kwargs)
+        losses, converged = optimise(svi_at(flat, guide, LEARNING_RATE), s.progress)
+        losses += averaged_steps(svi_at(flat, guide, LEARNING_RATE))
         seconds = time.perf_counter() - started
         if not converged:
             warnings.warn(
@@ -89,7 +99,7 @@ class Variational:
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        posterior, log_q = guide_draws(guide, kwargs, s.chains, s.draws)
+        posterior, log_q = guide_draws(guide, flat, s.chains, s.draws)
         shape = (s.chains, s.draws)
         elbo = -np.asarray(losses)
         return Draws(
@@ -99,6 +109,7 @@ class Variational:
                 "inference_method": self.name,
                 "vi_guide": type(guide).__name__,
                 "vi_dimensions": int(guide.latent_dim),
+                "compiled": int(flat.compiled),
                 "vi_steps": len(losses),
                 "vi_converged": int(converged),
                 "vi_final_elbo": float(elbo[-WINDOW:].mean()),
@@ -110,36 +121,77 @@ class Variational:
         )
 
 
-def svi_at(model: HierarchicalModel, guide: Any, learning_rate: float) -> SVI:
+class FlatPosterior:
+    """The model's posterior as one flat vector of unconstrained values: a Pyro
+    model of that vector (`__call__`) whose only factor is the model's potential,
+    compiled where NUTS would compile it, and the map back to each site's
+    constrained values."""
+
+    def __init__(
+        self,
+        model: HierarchicalModel,
+        kwargs: dict[str, Any],
+        compile: bool | None,
+        rows: int,
+    ) -> None:
+        start = model.start()
+        init, reference, self.transforms = pyro_potential(model, kwargs, start)
+        potential = None
+        if worth_compiling(compile, 1, MAX_STEPS, rows):
+            potential = compiled_potential(model, kwargs, [start])
+        self.compiled = potential is not None
+        self.potential = potential or reference
+        self.names = sorted(init)
+        self.shapes = [init[n].shape for n in self.names]
+        self.start = torch.cat([init[n].detach().reshape(-1) for n in self.names])
+
+    def unflat(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        out, i = {}, 0
+        for name, shape in zip(self.names, self.shapes, strict=True):
+            size = math.prod(shape)
+            out[name] = z[..., i : i + size].reshape((*z.shape[:-1], *shape))
+            i += size
+        return out
+
+    def constrained(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One unconstrained vector -> each site's constrained value."""
+        return {k: self.transforms[k].inv(v) for k, v in self.unflat(z).items()}
+
+    def __call__(self) -> None:
+        support = dist.constraints.real
+        z = pyro.sample("z", dist.ImproperUniform(support, (), (len(self.start),)))
+        with poutine.block():  # Pyro's potential traces the model: not our sites
+            potential = self.potential(self.unflat(z))
+        pyro.factor("log_joint", -potential)
+
+
+def svi_at(flat: FlatPosterior, guide: Any, learning_rate: float) -> SVI:
     """SVI with Adam (gradients clipped) at `learning_rate`."""
-    return SVI(model, guide, ClippedAdam({"lr": learning_rate}), loss=Trace_ELBO())
+    return SVI(flat, guide, ClippedAdam({"lr": learning_rate}), loss=Trace_ELBO())
 
 
-def make_guide(model: HierarchicalModel, kwargs: dict[str, Any]) -> Any:
+def make_guide(flat: FlatPosterior) -> Any:
     """A full-rank guide, or a low-rank one above `FULL_RANK_MAX` dimensions,
     centred at the model's data-based start with a small initial scale."""
-    init = init_to_value(values=model.start())
-    guide = AutoMultivariateNormal(model, init_loc_fn=init, init_scale=0.01)
-    guide(**kwargs)  # builds the guide: its dimension is known after one call
-    if guide.latent_dim > FULL_RANK_MAX:
-        pyro.clear_param_store()
+    init = init_to_value(values={"z": flat.start})
+    if len(flat.start) <= FULL_RANK_MAX:
+        guide = AutoMultivariateNormal(flat, init_loc_fn=init, init_scale=0.01)
+    else:
         guide = AutoLowRankMultivariateNormal(
-            model, init_loc_fn=init, init_scale=0.01, rank=LOW_RANK
+            flat, init_loc_fn=init, init_scale=0.01, rank=LOW_RANK
         )
-        guide(**kwargs)
+    guide()  # builds its parameters
     return guide
 
 
-def optimise(
-    svi: SVI, kwargs: dict[str, Any], progress: bool
-) -> tuple[list[float], bool]:
+def optimise(svi: SVI, progress: bool) -> tuple[list[float], bool]:
     """SVI steps until a window's mean loss is no better than the window before
     by more than twice the difference's standard error, or `MAX_STEPS`."""
     losses: list[float] = []
     bar = tqdm(total=MAX_STEPS, desc="vi", unit="step", disable=not progress)
     try:
         while len(losses) < MAX_STEPS:
-            losses.append(float(svi.step(**kwargs)))
+            losses.append(float(svi.step()))
             bar.update()
             if len(losses) % 50 == 0:
                 bar.set_postfix(elbo=f"{-np.mean(losses[-50:]):.1f}")
@@ -151,14 +203,14 @@ def optimise(
         bar.close()
 
 
-def averaged_steps(svi: SVI, kwargs: dict[str, Any]) -> list[float]:
+def averaged_steps(svi: SVI) -> list[float]:
     """`AVERAGED_STEPS` more steps; the guide keeps its parameters' average (of
     their unconstrained values, updated in place where the optimiser keeps them)."""
     parameters = dict(svi.guide.named_parameters())
     total = {k: torch.zeros_like(v) for k, v in parameters.items()}
     losses = []
     for _ in range(AVERAGED_STEPS):
-        losses.append(float(svi.step(**kwargs)))
+        losses.append(float(svi.step()))
         with torch.no_grad():
             for name, value in parameters.items():
                 total[name] += value
@@ -180,29 +232,17 @@ def stopped_improving(losses: list[float]) -> bool:
 
 
 def guide_draws(
-    guide: Any, kwargs: dict[str, Any], chains: int, draws: int
+    guide: Any, flat: FlatPosterior, chains: int, draws: int
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """`chains x draws` independent draws of every latent site from the guide,
     constrained, shaped `(chain, draw, ...)`, and each draw's log density under
     the guide (in the unconstrained space)."""
     with torch.no_grad():
-        posterior = guide.get_posterior(**kwargs)
+        posterior = guide.get_posterior()
         latent = posterior.sample((chains * draws,))
         log_q = posterior.log_prob(latent).numpy()
-        values: dict[str, list[np.ndarray]] = {}
-        for row in latent:
-            for name, value in _constrained(guide, row).items():
-                values.setdefault(name, []).append(value.numpy())
+        values = flat.constrained(latent.double())
     return {
-        name: np.stack(v).reshape(chains, draws, *v[0].shape)
+        name: v.numpy().reshape(chains, draws, *v.shape[1:])
         for name, v in values.items()
     }, log_q
-
-
-def _constrained(guide: Any, latent: torch.Tensor) -> dict[str, torch.Tensor]:
-    """One unconstrained latent vector -> each site's constrained value."""
-    out = {}
-    for site, unconstrained in guide._unpack_latent(latent):
-        transform = torch.distributions.biject_to(site["fn"].support)
-        out[site["name"]] = transform(unconstrained)
-    return out

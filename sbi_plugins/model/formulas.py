@@ -343,7 +343,7 @@ def _check_columns(rhs: str, name: str, frame: pd.DataFrame) -> None:
     missing = sorted(v for v in variables if v not in frame.columns)
     if missing:
         raise FormulaError(
-            f"the formula for {name!r} ({rhs!r}) uses column(s) "
+            f"the formula for {name!r} ('{name} ~ {rhs}') uses column(s) "
             f"{', '.join(map(repr, missing))} that the data lack (the data have "
             f"{', '.join(map(str, frame.columns))})"
         )
