@@ -87,6 +87,7 @@ def lapse_fit():
         seed=3,
         progress=False,
         posterior_predictive=10,
+        log_likelihood="float64",  # the mixture is checked to 1e-9 below
     )
 
 
