@@ -253,9 +253,10 @@ def test_demo_writes_three_fits_a_table_and_a_plot(capsys, tmp_path):
     ):
         assert (out / name).exists(), name
     report = (out / "report.html").read_text()
-    # 8 as before, and the predictive check by location of the two fits by location
-    assert report.count('<img src="data:image/png;base64,') == 10
-    for name in ("unpooled", "hierarchical"):
+    # 8 as before, and each fit's predictive check by location: the pooled fit's
+    # too (its group labels are kept), where its one rate misses location 2
+    assert report.count('<img src="data:image/png;base64,') == 11
+    for name in ("pooled", "unpooled", "hierarchical"):
         assert f"<figcaption>{name}: posterior predictive check by location<" in report
     assert (out / "shrinkage.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = pd.read_csv(out / "comparison.csv", index_col=0)
