@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
 from sbi_plugins.errors import PluginError, SbiPluginsError
 from sbi_plugins.quantiles import (
@@ -502,6 +503,7 @@ def quantile_probability(
     top.set_xticks(shown["observed"].to_numpy(dtype=float), labels)
     top.tick_params(labelrotation=90, labelsize="x-small")
     ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(*_quantile_range(table))
     ax.set_xlabel(f"response probability{f' (by {by})' if by else ''}")
     ax.set_ylabel(
         f"{table.attrs['time']} quantiles ({', '.join(f'{q:g}' for q in quantiles)})"
@@ -509,6 +511,20 @@ def quantile_probability(
     ax.set_title("quantile-probability plot", fontsize="medium")
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return ax
+
+
+def _quantile_range(table: pd.DataFrame) -> tuple[float, float]:
+    """The y range of a quantile-probability plot: the observed and predicted
+    quantiles with a margin, not the intervals, whose lapse or prior tails would
+    squeeze the points into the bottom (an interval past the top runs off it)."""
+    q = table[table["statistic"] != "p"]
+    values = q[["observed", "predicted"]].to_numpy(dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return 0.0, 1.0
+    low, high = float(values.min()), float(values.max())
+    margin = 0.1 * (high - low) or 0.1 * abs(high) or 1.0
+    return low - margin, high + margin
 
 
 def plot_domain(

@@ -283,3 +283,17 @@ def test_one_observable_by_group_wraps_into_columns_with_each_groups_counts():
         False,
         False,
     ]
+
+
+def test_quantile_plot_frames_the_quantiles_not_the_interval_tails():
+    """A lapse or prior tail in the predictive intervals does not squeeze the
+    points: the y range spans the observed and predicted quantiles."""
+    idata = decision_fit(prior=True)
+    ax = plot.quantile_probability(idata, "cond", source="prior")
+    table = quantile_table(idata, "cond", source="prior")
+    q = table[table["statistic"] != "p"]
+    low, high = ax.get_ylim()
+    assert low <= q[["observed", "predicted"]].min().min()
+    assert high >= q[["observed", "predicted"]].max().max()
+    span = np.ptp(q[["observed", "predicted"]].to_numpy())
+    assert high - low == pytest.approx(1.2 * span)  # a tenth either side
