@@ -34,8 +34,11 @@ def test_workers_inherit_what_does_not_pickle_and_results_come_back():
     """A closure over a lock and tasks holding a lambda: neither pickles, so
     neither went through a pipe; the results ran in other processes."""
     lock = threading.Lock()
+    both_busy = mp.get_context("fork").Barrier(2)
 
     def task(offset, double):
+        if offset < 2:  # the first two tasks meet: two workers, however loaded
+            both_busy.wait(timeout=60)
         with lock:
             return double(offset), os.getpid()
 
