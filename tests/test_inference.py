@@ -42,8 +42,8 @@ def test_an_unknown_method_or_prior_predictive_is_refused_before_any_work(
         raise AssertionError("an estimator was resolved for a fit that cannot run")
 
     monkeypatch.setattr("sbi_plugins.runner.resolve_estimator", no_estimator)
-    with pytest.raises(SbiPluginsError, match=r"method 'vi' is not .* one of 'nuts'"):
-        sbi_plugins.fit(cookies, "cookie", group="location", method="vi")
+    with pytest.raises(SbiPluginsError, match=r"method 'advi' is not .* 'nuts', 'vi'"):
+        sbi_plugins.fit(cookies, "cookie", group="location", method="advi")
     with pytest.raises(SbiPluginsError, match=r"prior_predictive must be .* got -3"):
         sbi_plugins.fit(cookies, "cookie", group="location", prior_predictive=-3)
 
