@@ -69,10 +69,12 @@ def check_observations(
             # the rows off the convention the column mostly follows
             bad = min(~np.isin(column, obs.codes), ~np.isin(column, indices), key=sum)
             if bad.any():
+                codes = ", ".join(f"{c:g}" for c in obs.codes)
+                if not np.array_equal(obs.codes, indices):
+                    codes += f" (or 0-based indices {', '.join(map(str, indices))})"
+                found = ", ".join(f"{v:g}" for v in np.unique(column[bad])[:5])
                 raise DataError(
-                    f"column {obs.name!r} accepts codes "
-                    f"{', '.join(f'{c:g}' for c in obs.codes)} (or 0-based indices "
-                    f"{', '.join(map(str, indices))}); other values at "
+                    f"column {obs.name!r} accepts codes {codes}; found {found} at "
                     f"{describe_rows(bad, labels)}"
                 )
         bad = (column < obs.lower) | (column > obs.upper)

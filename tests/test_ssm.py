@@ -1,0 +1,196 @@
+"""The ssm plugin: ssm-simulators' models by their own names, shipped estimators,
+and more than two choices end to end."""
+
+import warnings
+from dataclasses import replace
+
+import arviz as az
+import matplotlib
+import numpy as np
+import pytest
+
+import sbi_plugins
+from sbi_plugins.check import check_simulator
+from sbi_plugins.cli import main
+from sbi_plugins.estimators.training import train
+from sbi_plugins.plugin.registry import get_registry
+
+matplotlib.use("Agg")
+ssms_config = pytest.importorskip("ssms.config")
+
+from sbi_plugins_ssm import CATALOGUE, SHIPPED, manifest, simulate_dataset  # noqa: E402
+from sbi_plugins_ssm.models import BOX_OVERRIDES, RECIPE, ssms_version  # noqa: E402
+
+REQUIRED = ("angle", "weibull", "levy", "ornstein", "ddm_sdv", "full_ddm")
+
+
+def test_every_catalogue_model_is_registered_as_ssm_simulators_spells_it():
+    """Names, parameter order and bounds are the model config's (except the
+    documented overrides); the version carries ssm-simulators' release, and `ddm`
+    stays with the ddm plugin and its exact density."""
+    registry = get_registry()
+    for name in CATALOGUE:
+        simulator = sbi_plugins.get_simulator(name)
+        assert registry.owner(name).name == "ssm"
+        config = ssms_config.model_config[name]
+        assert simulator.parameter_names == list(config["params"])
+        lower, upper = config["param_bounds"]
+        for i, p in enumerate(simulator.parameters):
+            expected = BOX_OVERRIDES.get(name, {}).get(p.name, (lower[i], upper[i]))
+            assert (p.lower, p.upper) == pytest.approx(expected), (name, p.name)
+        assert simulator.version.endswith(f"+ssms{ssms_version()}")
+        assert simulator.observable_names == ["rt", "response"]
+    assert "ddm" not in CATALOGUE
+    assert registry.owner("ddm").name == "ddm"
+
+
+def test_a_race_simulates_its_three_codes_reproducibly_without_touching_numpy():
+    simulator = sbi_plugins.get_simulator("race_no_bias_3")
+    theta = np.tile([1.5, 0.5, 1.0, 1.5, 0.3, 0.3], (3000, 1))
+    np.random.seed(11)
+    before = np.random.get_state()[1].copy()
+    x = simulator.simulate(theta, np.random.default_rng(4))
+    assert (np.random.get_state()[1] == before).all()
+    assert set(np.unique(x[:, 1])) == {0.0, 1.0, 2.0}
+    shares = np.bincount(x[:, 1].astype(int)) / len(x)
+    assert shares[0] > shares[2] > shares[1]  # ordered by drift
+    assert (x[:, 0] > 0.3).all()
+    again = simulator.simulate(theta, np.random.default_rng(4))
+    np.testing.assert_array_equal(x, again)
+
+
+def test_variability_models_draw_all_randomness_from_the_seed():
+    """ddm_sdv takes its drift variability from numpy's global generator; the
+    plugin seeds it from the rng argument, so equal seeds give equal data."""
+    simulator = sbi_plugins.get_simulator("ddm_sdv")
+    theta = np.tile([1.0, 1.0, 0.5, 0.3, 1.5], (500, 1))
+    a = simulator.simulate(theta, np.random.default_rng(1))
+    np.random.seed(99)  # another global state must not matter
+    b = simulator.simulate(theta, np.random.default_rng(1))
+    np.testing.assert_array_equal(a, b)
+
+
+def test_the_shipped_estimators_cover_the_required_models_and_pass_check():
+    """Each file loads against its simulator with the recorded checksum, and
+    `check` passes on it: contract, and held-out log-likelihood on fresh
+    simulations no worse than in training."""
+    shipped = manifest()
+    assert set(REQUIRED) <= set(SHIPPED)
+    assert any(
+        len(sbi_plugins.get_simulator(m).observables[1].codes) == 3 for m in SHIPPED
+    )
+    for name in SHIPPED:
+        record = shipped[name]
+        assert record["heldout"]["status"] == "pass", name
+        assert record["kib"] < 1024
+        report = check_simulator(name, heldout=1000, sbc=None)
+        assert report.ok, report.format()
+        (held,) = [c for c in report.checks if c.name == "held-out log-likelihood"]
+        assert record["sha256"][:12] in report.format()
+        assert (
+            held.values["mean"] > held.values["training_value"] - held.values["margin"]
+        )
+
+
+@pytest.fixture(scope="module")
+def race_fit():
+    """A three-choice race fitted with a tiny estimator: the pipeline, not accuracy."""
+    simulator = sbi_plugins.get_simulator("race_no_bias_3")
+    tiny = replace(RECIPE, num_simulations=20_000, max_num_epochs=5)
+    estimator = train(simulator, recipe=tiny, seed=0, progress=False)
+    data, _ = simulate_dataset(simulator, n_subjects=3, n_trials=60, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        idata = sbi_plugins.fit(
+            data,
+            "race_no_bias_3",
+            group="participant_id",
+            pooling="complete",
+            estimator=estimator,
+            draws=60,
+            tune=60,
+            chains=1,
+            seed=3,
+            progress=False,
+            refine=False,
+        )
+    return data, idata
+
+
+def test_three_choices_end_to_end(race_fit):
+    """Learned likelihood over three response codes, a predictive with all three,
+    a log-likelihood per row for LOO, and the plots per response."""
+    from sbi_plugins import plot
+
+    data, idata = race_fit
+    predicted = np.unique(idata.posterior_predictive["response"].values)
+    assert set(predicted) == {0.0, 1.0, 2.0}
+    (pointwise,) = idata.log_likelihood.data_vars.values()
+    assert pointwise.shape[-1] == len(data)
+    assert np.isfinite(az.loo(idata).elpd_loo)
+    axes = np.ravel(plot.plot_ppc(idata))
+    titles = " ".join(ax.get_title() for ax in axes)
+    for code in ("0", "1", "2"):
+        assert f"response {code}" in titles or f"= {code}" in titles, titles
+    plot.quantile_probability(idata)
+    az.plot_trace(idata)
+
+
+def test_a_fourth_code_in_the_data_is_refused_by_row(race_fit, tmp_path, capsys):
+    data, _ = race_fit
+    bad = data.copy()
+    bad.loc[7, "response"] = 3
+    path = tmp_path / "bad.csv"
+    bad.to_csv(path, index=False)
+    code = main(
+        [
+            "fit",
+            "race_no_bias_3",
+            str(path),
+            "--group",
+            "participant_id",
+            "--out",
+            str(tmp_path / "out.nc"),
+            "--no-progress",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "accepts codes 0, 1, 2; found 3 at row 7" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out.nc").exists()
+
+
+def test_fit_angle_from_the_command_line_with_the_shipped_estimator(tmp_path, capsys):
+    """The issue's command, `sbi-plugins fit angle data.csv --group ...`, here with
+    complete pooling and a short chain: the path, not the posterior."""
+    data, _ = simulate_dataset("angle", n_subjects=3, n_trials=60, seed=5)
+    path = tmp_path / "angle.csv"
+    data.to_csv(path, index=False)
+    out = tmp_path / "angle.nc"
+    code = main(
+        [
+            "fit",
+            "angle",
+            str(path),
+            "--group",
+            "participant_id",
+            "--out",
+            str(out),
+            "--pooling",
+            "complete",
+            "--draws",
+            "30",
+            "--tune",
+            "30",
+            "--chains",
+            "1",
+            "--no-progress",
+            "--refine",
+            "off",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    idata = az.from_netcdf(out)
+    assert idata.attrs["simulator"] == "angle"
+    assert "theta" in idata.posterior
