@@ -10,6 +10,7 @@ package, the others train on first use (progress bar, cached).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from importlib.resources import files
 
 import numpy as np
@@ -80,17 +81,10 @@ class _ExampleData:
         return simulate_dataset(self.name)[0].dropna()
 
 
-def _simulator(name: str) -> Simulator:
-    simulator = ssm_simulator(name)
-    from dataclasses import replace
-
-    return replace(simulator, example_data=_ExampleData(name))
-
-
 @hookimpl
 def register_simulators(register) -> None:
     for name in CATALOGUE:
-        register(_simulator(name))
+        register(replace(ssm_simulator(name), example_data=_ExampleData(name)))
 
 
 @hookimpl
