@@ -19,7 +19,12 @@ matplotlib.use("Agg")
 ssms_config = pytest.importorskip("ssms.config")
 
 from sbi_plugins_ssm import CATALOGUE, SHIPPED, manifest, simulate_dataset  # noqa: E402
-from sbi_plugins_ssm.models import BOX_OVERRIDES, RECIPE, ssms_version  # noqa: E402
+from sbi_plugins_ssm.models import (  # noqa: E402
+    BOX_OVERRIDES,
+    RECIPE,
+    sequential_sampling_model,
+    ssms_version,
+)
 
 REQUIRED = ("angle", "weibull", "levy", "ornstein", "ddm_sdv", "full_ddm")
 
@@ -42,6 +47,45 @@ def test_every_catalogue_model_is_registered_as_ssm_simulators_spells_it():
         assert simulator.observable_names == ["rt", "response"]
     assert "ddm" not in CATALOGUE
     assert registry.owner("ddm").name == "ddm"
+
+
+def test_own_models_get_the_catalogues_transform_codes_and_priors():
+    """`sequential_sampling_model` is the one statement of how a sequential
+    sampling model enters sbi-plugins: the catalogue's models are built by it, and a
+    model of one's own gets the same rt transform, codes and priors."""
+
+    def never_called(theta, rng):
+        raise AssertionError
+
+    race = sequential_sampling_model(
+        "own_race",
+        never_called,
+        {"v0": (0, 2), "v1": (0, 2), "a": (0, 3), "t": (0, 1)},
+        choices=(0, 1, 2),
+    )
+    rt, response = race.observables
+    assert rt.shift == "t" and rt.scale is None  # a may be 0: no scaling by a**2
+    assert response.codes == (0.0, 1.0, 2.0)
+    onset = sequential_sampling_model(
+        "own_st",
+        never_called,
+        {"v": (-1, 1), "a": (0.5, 2), "t": (0.2, 1), "st": (0, 0.2)},
+    )
+    assert onset.observables[0].shift is None and onset.observables[0].scale == {
+        "a": 2.0
+    }
+    assert set(onset.population_priors) == {"v", "a", "t"}
+    angle = sbi_plugins.get_simulator("angle")
+    rebuilt = sequential_sampling_model(
+        "angle",
+        angle.simulate,
+        {p.name: (p.lower, p.upper) for p in angle.parameters},
+        (-1, 1),
+        description=angle.description,
+        version=angle.version,
+    )
+    assert rebuilt.observables == angle.observables
+    assert rebuilt.parameters == angle.parameters
 
 
 def test_a_race_simulates_its_three_codes_reproducibly_without_touching_numpy():

@@ -3,8 +3,10 @@ training boxes exactly as ssm-simulators (and HSSM) spell them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch.distributions import HalfNormal, Normal
 
@@ -138,32 +140,35 @@ class ModelConfig:
         )
 
 
-def ssm_simulator(
+def sequential_sampling_model(
     name: str,
+    simulate: Callable[[np.ndarray, np.random.Generator], np.ndarray],
+    bounds: Mapping[str, tuple[float, float]],
+    choices: Sequence[float] = (-1.0, 1.0),
     *,
-    description: str | None = None,
+    description: str = "",
+    version: str = "1",
     recipe: EstimatorRecipe = RECIPE,
 ) -> Simulator:
-    """The sbi-plugins `Simulator` of ssm-simulators' model `name`: its parameters
-    with their config bounds as the training box, `rt` (seconds) and `response`
-    (the model's codes) as observables, `rt` shifted by `t` and scaled by `a**2`
-    where the model has them."""
-    config = ModelConfig.lookup(name)
+    """A `Simulator` for any sequential sampling model: `simulate` maps `(n, p)`
+    parameter rows (in the order of `bounds`) to `(n, 2)` rows of (rt in seconds,
+    response code), NaN for a trial that never decides. `rt` is learned as
+    `(rt - t) / a**2` where the model has `t` (and no onset variability `st`) and a
+    positive `a`; the DDM-like parameters get the ddm plugin's population priors."""
     parameters = tuple(
-        Parameter(p, lo, hi, f"ssm-simulators' {p!r} of {name}")
-        for p, lo, hi in zip(config.params, config.lower, config.upper, strict=True)
+        Parameter(p, float(lo), float(hi), f"{p!r} of {name}")
+        for p, (lo, hi) in bounds.items()
     )
-    names = config.params
+    names = tuple(bounds)
     # with onset variability (st) a trial may end before t: no shift then
     shift = "t" if "t" in names and "st" not in names else None
-    scale = {"a": 2.0} if "a" in names and config.lower[names.index("a")] > 0 else None
-    k = len(config.choices)
-    codes = ", ".join(f"{c:g}" for c in config.choices)
+    scale = {"a": 2.0} if "a" in names and bounds["a"][0] > 0 else None
+    choices = tuple(float(c) for c in choices)
+    codes = ", ".join(f"{c:g}" for c in choices)
     return Simulator(
         name=name,
-        version=f"{PLUGIN_VERSION}+ssms{ssms_version()}",
-        description=description
-        or DESCRIPTIONS.get(name, f"ssm-simulators' {name} ({k} choices)"),
+        version=version,
+        description=description or f"{name} ({len(choices)} choices)",
         parameters=parameters,
         observables=(
             Observable(
@@ -177,13 +182,39 @@ def ssm_simulator(
             Observable(
                 "response",
                 "choice",
-                codes=config.choices,
+                codes=choices,
                 description=f"the choice made: {codes}"
-                + (" (0/1 accepted)" if config.choices == (-1.0, 1.0) else ""),
+                + (" (0/1 accepted)" if choices == (-1.0, 1.0) else ""),
             ),
         ),
-        simulate=SSMSimulate(name, names.index("t") if shift else None),
+        simulate=simulate,
         population_priors=_population_priors(parameters),
         recipe=recipe,
         example_group="participant_id",
+    )
+
+
+def ssm_simulator(
+    name: str,
+    *,
+    description: str | None = None,
+    recipe: EstimatorRecipe = RECIPE,
+) -> Simulator:
+    """The sbi-plugins `Simulator` of ssm-simulators' model `name`, its config's
+    bounds as the training box: `sequential_sampling_model` with ssm-simulators'
+    simulator and a version that carries its release."""
+    config = ModelConfig.lookup(name)
+    names = config.params
+    t_index = names.index("t") if "t" in names and "st" not in names else None
+    return sequential_sampling_model(
+        name,
+        SSMSimulate(name, t_index),
+        dict(zip(names, zip(config.lower, config.upper, strict=True), strict=True)),
+        config.choices,
+        description=description
+        or DESCRIPTIONS.get(
+            name, f"ssm-simulators' {name} ({len(config.choices)} choices)"
+        ),
+        version=f"{PLUGIN_VERSION}+ssms{ssms_version()}",
+        recipe=recipe,
     )
