@@ -140,6 +140,12 @@ class ModelConfig:
         )
 
 
+def onset_shift(names: Sequence[str]) -> str | None:
+    """The parameter `rt` is shifted by: `t`, unless the model has onset
+    variability (`st`), whose trials may end before `t`."""
+    return "t" if "t" in names and "st" not in names else None
+
+
 def sequential_sampling_model(
     name: str,
     simulate: Callable[[np.ndarray, np.random.Generator], np.ndarray],
@@ -160,8 +166,7 @@ def sequential_sampling_model(
         for p, (lo, hi) in bounds.items()
     )
     names = tuple(bounds)
-    # with onset variability (st) a trial may end before t: no shift then
-    shift = "t" if "t" in names and "st" not in names else None
+    shift = onset_shift(names)
     scale = {"a": 2.0} if "a" in names and bounds["a"][0] > 0 else None
     choices = tuple(float(c) for c in choices)
     codes = ", ".join(f"{c:g}" for c in choices)
@@ -205,7 +210,7 @@ def ssm_simulator(
     simulator and a version that carries its release."""
     config = ModelConfig.lookup(name)
     names = config.params
-    t_index = names.index("t") if "t" in names and "st" not in names else None
+    t_index = names.index("t") if onset_shift(names) else None
     return sequential_sampling_model(
         name,
         SSMSimulate(name, t_index),
