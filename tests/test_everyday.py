@@ -12,7 +12,7 @@ from sbi_plugins.cli import main, parse_p_outlier
 from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.estimators.resolve import shipped_estimator
-from sbi_plugins.inference.nuts_method import warn_divergences
+from sbi_plugins.inference.nuts_method import warn_divergences, warn_poor_mixing
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import make_lapse
 from sbi_plugins.model.model import build_model, plan_model
@@ -59,8 +59,15 @@ def test_t_at_its_lower_bound_points_to_fast_guesses_not_retraining():
 
 def test_rts_in_milliseconds_are_named_as_such():
     x = np.array([[500.0, 1.0], [700.0, -1.0], [650.0, 1.0]])
-    with pytest.raises(DataError, match="milliseconds instead of seconds"):
+    with pytest.raises(DataError, match=r"in milliseconds\? Convert to seconds") as e:
         check_observations(_ddm(), shipped_estimator(_ddm()), x)
+    assert "retrain" not in str(e.value)  # the units are the fix, not training
+
+
+def test_responses_coded_one_and_two_get_the_mapping_spelled_out():
+    x = np.array([[0.5, 1.0], [0.6, 2.0], [0.7, 2.0]])
+    with pytest.raises(DataError, match=r"Coded 1 to 2\? .* 1 -> -1, 2 -> 1.* - 1"):
+        check_observations(_ddm(), None, x)
 
 
 def test_a_bad_response_code_is_the_only_row_named():
@@ -94,3 +101,22 @@ def test_cli_warnings_are_one_line(tmp_path, capsys, cookie_data):
     for line in err.splitlines():
         if "warning" in line.lower():
             assert line.startswith("sbi-plugins: warning: "), line
+
+
+def test_chains_that_have_not_mixed_are_reported_with_the_worst_sites():
+    rng = np.random.default_rng(0)
+    mixed = {"mu": rng.normal(size=(4, 500)), "t": rng.normal(size=(4, 500, 3))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_poor_mixing(mixed) == []
+    stuck = {
+        "mu": rng.normal(size=(2, 300)) + np.array([[0.0], [3.0]]),  # chains apart
+        "t": rng.normal(size=(2, 300, 3)),
+    }
+    with pytest.warns(RuntimeWarning, match=r"r-hat is above 1.01 for 1 of 4.*mu"):
+        messages = warn_poor_mixing(stuck)
+    assert "t[" not in messages[0]  # t mixed: only mu is named
+    walk = {"t": np.cumsum(rng.normal(size=(2, 300, 3)), axis=1)}
+    with pytest.warns(RuntimeWarning, match=r"bulk ESS is below 100.*t\[") as w:
+        warn_poor_mixing(walk)
+    assert "--draws 1000" in str(w[0].message)

@@ -57,6 +57,16 @@ def test_a_registered_plugin_is_visible_only_inside_its_block(registry):
         registry.simulator("toy")
 
 
+def test_a_name_in_the_wrong_case_gets_the_right_one_offered(registry):
+    with registry.plugin(ToyPlugin(toy_simulator()), name="toy-plugin"):
+        with pytest.raises(PluginError, match=r"'TOY' \(did you mean 'toy'\?\)"):
+            registry.simulator("TOY")
+        with pytest.raises(PluginError, match=r"'toyy' \(did you mean 'toy'\?\)"):
+            registry.simulator("toyy")
+        with pytest.raises(PluginError, match=r"'zebra'; installed"):
+            registry.simulator("zebra")
+
+
 def test_isolated_registry_does_not_see_installed_plugins(registry):
     assert "cookie" not in registry.simulator_names()
     assert get_registry() is registry

@@ -1,5 +1,6 @@
 """NUTS behind the inference interface: starts from the data, a Laplace start for
-regression models, the compiled potential for long fits, divergences warned of."""
+regression models, the compiled potential for long fits, divergences and poor
+mixing warned of."""
 
 from __future__ import annotations
 
@@ -63,9 +64,11 @@ class Nuts:
             inverse_mass=inverse_mass,
         )
         sample_stats = stack_chains([r.stats for r in results])
+        samples = stack_chains([r.samples for r in results])
         warn_divergences(sample_stats, s.target_accept)
+        warn_poor_mixing(samples)
         return Draws(
-            stack_chains([r.samples for r in results]),
+            samples,
             sample_stats,
             # the same seed gives the same draws only with the same setting
             {"inference_method": self.name, "compiled": int(potential is not None)},
@@ -105,3 +108,73 @@ def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) 
             stacklevel=4,
         )
     return count
+
+
+RHAT_LIMIT = 1.01
+"""ArviZ's and PyMC's threshold: above it the chains have not mixed."""
+
+ESS_PER_CHAIN = 100
+"""PyMC's floor on bulk ESS per chain: below it r-hat and ESS are unreliable."""
+
+
+def warn_poor_mixing(samples: Mapping[str, np.ndarray]) -> list[str]:
+    """PyMC's warnings after sampling: r-hat above 1.01 (the chains disagree) or
+    bulk ESS under 100 per chain (too few independent draws to trust the
+    estimates), naming the worst sites and what to do. `samples` are
+    `(chain, draw, ...)`."""
+    import arviz as az
+
+    chains, draws = next(iter(samples.values())).shape[:2]
+    if draws < 4:  # ArviZ's estimators need a few draws per chain
+        return []
+    dataset = az.convert_to_dataset(dict(samples))
+    messages = []
+    if chains > 1:
+        rhat = _flat(az.rhat(dataset))
+        bad = {k: v for k, v in rhat.items() if v > RHAT_LIMIT}
+        if bad:
+            messages.append(
+                f"r-hat is above {RHAT_LIMIT} for {len(bad)} of {len(rhat)} "
+                f"values ({_worst(bad, reverse=True)}): the chains have not "
+                "mixed, and the estimates may be wrong"
+            )
+    ess = _flat(az.ess(dataset, method="bulk"))
+    floor = ESS_PER_CHAIN * chains
+    low = {k: v for k, v in ess.items() if v < floor}
+    if low:
+        messages.append(
+            f"bulk ESS is below {ESS_PER_CHAIN} per chain ({floor} for {chains} "
+            f"chain{'s' if chains > 1 else ''}) for {len(low)} of {len(ess)} values "
+            f"({_worst(low, reverse=False)}): too few independent draws for "
+            "reliable estimates and r-hat"
+        )
+    if messages:
+        warnings.warn(
+            "; ".join(messages)
+            + ". Run longer (--draws 1000 --tune 1000, or more), with 4 chains; "
+            "see az.summary(idata) and az.plot_trace(idata). Divergences or "
+            "parameters piled at a bound often share the cause",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return messages
+
+
+def _flat(dataset: Any) -> dict[str, float]:
+    """ArviZ's per-variable statistic -> {'t[0]': value}, NaNs (constant sites) out."""
+    out = {}
+    for name, values in dataset.data_vars.items():
+        array = np.atleast_1d(np.asarray(values))
+        for index, value in np.ndenumerate(array.reshape(array.shape or (1,))):
+            if np.isfinite(value):
+                label = (
+                    name if values.ndim == 0 else f"{name}[{','.join(map(str, index))}]"
+                )
+                out[label] = float(value)
+    return out
+
+
+def _worst(values: Mapping[str, float], reverse: bool, limit: int = 3) -> str:
+    """The `limit` worst sites, 'worst t[0] 1.11, a[2] 1.05'."""
+    ranked = sorted(values.items(), key=lambda kv: kv[1], reverse=reverse)[:limit]
+    return "worst " + ", ".join(f"{k} {v:.3g}" for k, v in ranked)

@@ -21,7 +21,7 @@ import torch
 from sbi.utils.pyroutils import to_pyro_distribution
 from torch.distributions import constraints
 
-from sbi_plugins.contract import Simulator
+from sbi_plugins.contract import Observable, Simulator
 from sbi_plugins.errors import DataError, SbiPluginsError, describe_rows
 from sbi_plugins.estimators import grouped, reduction
 from sbi_plugins.estimators.artifact import TrainedEstimator
@@ -75,7 +75,7 @@ def check_observations(
                 found = ", ".join(f"{v:g}" for v in np.unique(column[bad])[:5])
                 raise DataError(
                     f"column {obs.name!r} accepts codes {codes}; found {found} at "
-                    f"{describe_rows(bad, labels)}"
+                    f"{describe_rows(bad, labels)}" + _one_based_hint(obs, column)
                 )
         bad = (column < obs.lower) | (column > obs.upper)
         if obs.kind == "continuous":
@@ -90,19 +90,35 @@ def check_observations(
         low, high = estimator.support[obs.name]
         bad = (column < low) | (column > high)
         if bad.any():
-            units = (
-                " Most values lie above that range: are they in other units "
-                "(milliseconds instead of seconds)?"
-                if np.median(column) > high
-                else ""
-            )
-            raise DataError(
+            outside = (
                 f"column {obs.name!r}: values at {describe_rows(bad, labels)} lie "
                 f"outside [{low:g}, {high:g}], the range the {simulator.name} "
-                "estimator saw in training, so it cannot score them; retrain on a "
-                "wider parameter domain (`sbi-plugins train`) or check the data."
-                + units
+                "estimator saw in training, so it cannot score them"
             )
+            if np.median(column) > high:  # the whole column is off: its units
+                raise DataError(
+                    f"{outside}. Most values lie above that range: are they in "
+                    f"milliseconds? Convert to seconds (df[{obs.name!r}] / 1000)"
+                )
+            raise DataError(
+                f"{outside}; check the data, or retrain on a wider parameter "
+                "domain (`sbi-plugins train`)"
+            )
+
+
+def _one_based_hint(obs: Observable, column: np.ndarray) -> str:
+    """A choice column coded 1..K (HDDM's and many labs' habit) is one off the
+    0-based indices: say how the codes map, so the user recodes knowingly."""
+    k = len(obs.codes)
+    values = np.unique(column)
+    if not (np.isin(values, np.arange(1, k + 1)).all() and k in values):
+        return ""
+    mapping = ", ".join(f"{i + 1} -> {c:g}" for i, c in enumerate(obs.codes))
+    return (
+        f". Coded 1 to {k}? Read in order they would mean {mapping}: check "
+        f"which response is which, then recode (df[{obs.name!r}] - 1 gives "
+        "the 0-based indices)"
+    )
 
 
 class GuardedDistribution(dist.TorchDistribution):

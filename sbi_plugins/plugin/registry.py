@@ -23,7 +23,7 @@ import contextlib
 import difflib
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
@@ -407,7 +407,8 @@ class Registry:
         if name not in catalog.simulators:
             known = ", ".join(sorted(catalog.simulators)) or "none"
             raise PluginError(
-                f"unknown simulator {name!r}; installed simulators: {known}. "
+                f"unknown simulator {name!r}{_did_you_mean(name, catalog.simulators)}"
+                f"; installed simulators: {known}. "
                 "`sbi-plugins list` shows plugins and loading failures"
             )
         return catalog.simulators[name]
@@ -495,3 +496,12 @@ def list_plugins() -> list[PluginInfo]:
 
 def get_simulator(name: str | Simulator) -> Simulator:
     return get_registry().simulator(name)
+
+
+def _did_you_mean(name: str, names: Iterable[str]) -> str:
+    """' (did you mean 'ddm'?)': names are case-sensitive (ssm-simulators'
+    spelling), so 'DDM' or 'angel' get the nearest name offered, not taken."""
+    names = list(names)
+    same = [n for n in names if n.lower() == name.lower()]
+    near = same or difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.75)
+    return f" (did you mean {near[0]!r}?)" if near else ""
