@@ -128,17 +128,17 @@ def warn_poor_mixing(samples: Mapping[str, np.ndarray]) -> list[str]:
     if draws < 4:  # ArviZ's estimators need a few draws per chain
         return []
     dataset = az.convert_to_dataset(dict(samples))
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant sites: NaN
+        rhat = _flat(az.rhat(dataset)) if chains > 1 else {}
+        ess = _flat(az.ess(dataset, method="bulk"))
     messages = []
-    if chains > 1:
-        rhat = _flat(az.rhat(dataset))
-        bad = {k: v for k, v in rhat.items() if v > RHAT_LIMIT}
-        if bad:
-            messages.append(
-                f"r-hat is above {RHAT_LIMIT} for {len(bad)} of {len(rhat)} "
-                f"values ({_worst(bad, reverse=True)}): the chains have not "
-                "mixed, and the estimates may be wrong"
-            )
-    ess = _flat(az.ess(dataset, method="bulk"))
+    bad = {k: v for k, v in rhat.items() if v > RHAT_LIMIT}
+    if bad:
+        messages.append(
+            f"r-hat is above {RHAT_LIMIT} for {len(bad)} of {len(rhat)} "
+            f"values ({_worst(bad, reverse=True)}): the chains have not "
+            "mixed, and the estimates may be wrong"
+        )
     floor = ESS_PER_CHAIN * chains
     low = {k: v for k, v in ess.items() if v < floor}
     if low:
@@ -164,13 +164,10 @@ def _flat(dataset: Any) -> dict[str, float]:
     """ArviZ's per-variable statistic -> {'t[0]': value}, NaNs (constant sites) out."""
     out = {}
     for name, values in dataset.data_vars.items():
-        array = np.atleast_1d(np.asarray(values))
-        for index, value in np.ndenumerate(array.reshape(array.shape or (1,))):
+        for index, value in np.ndenumerate(values.values):
             if np.isfinite(value):
-                label = (
-                    name if values.ndim == 0 else f"{name}[{','.join(map(str, index))}]"
-                )
-                out[label] = float(value)
+                where = ",".join(map(str, index))
+                out[f"{name}[{where}]" if index else name] = float(value)
     return out
 
 

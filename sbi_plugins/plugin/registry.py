@@ -216,8 +216,8 @@ class Registry:
                 info = catalog.plugins.setdefault(
                     impl.plugin_name, PluginInfo(impl.plugin_name)
                 )
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
+                close = closest_name(name, known)
+                hint = f"; did you mean {close!r}?" if close else ""
                 self._fail(
                     info,
                     f"unknown hook {name!r} (hooks: {', '.join(known)}){hint}",
@@ -406,9 +406,10 @@ class Registry:
             )
         if name not in catalog.simulators:
             known = ", ".join(sorted(catalog.simulators)) or "none"
+            close = closest_name(name, catalog.simulators, cutoff=0.75)
+            hint = f" (did you mean {close!r}?)" if close else ""
             raise PluginError(
-                f"unknown simulator {name!r}{_did_you_mean(name, catalog.simulators)}"
-                f"; installed simulators: {known}. "
+                f"unknown simulator {name!r}{hint}; installed simulators: {known}. "
                 "`sbi-plugins list` shows plugins and loading failures"
             )
         return catalog.simulators[name]
@@ -498,10 +499,11 @@ def get_simulator(name: str | Simulator) -> Simulator:
     return get_registry().simulator(name)
 
 
-def _did_you_mean(name: str, names: Iterable[str]) -> str:
-    """' (did you mean 'ddm'?)': names are case-sensitive (ssm-simulators'
-    spelling), so 'DDM' or 'angel' get the nearest name offered, not taken."""
+def closest_name(name: str, names: Iterable[str], cutoff: float = 0.6) -> str | None:
+    """The name the user likely meant: the same in another case ('DDM' for 'ddm';
+    names stay case-sensitive, ssm-simulators' spelling), else difflib's nearest.
+    Offered in the error, never taken."""
     names = list(names)
     same = [n for n in names if n.lower() == name.lower()]
-    near = same or difflib.get_close_matches(name.lower(), names, n=1, cutoff=0.75)
-    return f" (did you mean {near[0]!r}?)" if near else ""
+    near = same or difflib.get_close_matches(name.lower(), names, n=1, cutoff=cutoff)
+    return near[0] if near else None
