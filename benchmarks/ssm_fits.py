@@ -2,14 +2,16 @@
 
     python benchmarks/ssm_fits.py [MODEL ...] [--subjects 10 --trials 100]
                                   [--draws 1000 --tune 1000 --chains 4]
-                                  [--pooling va | all]
+                                  [--pooling va | all] [--centered]
 
 For each model: 10 subjects x 100 trials simulated by `simulate_dataset` (seed 0),
 fitted with the shipped estimator. `--pooling va` (default) gives `v` and `a` a
 population and pools the others completely, as the DDM benchmarks do; `--pooling
 all` is the fit's default, every parameter by subject. Prints wall time, min bulk
 ESS, max r-hat, divergences, mean leapfrog steps per draw, and recovery: the share
-of the true subject-level and pooled values inside their 94% HDI.
+of the true subject-level and pooled values inside their 94% HDI. `--centered`
+adds, per model, the same fit with centered populations (the baseline of the
+non-centered default) and their ratios.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--pooling", choices=["va", "all"], default="va")
+    parser.add_argument("--centered", action="store_true")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(
@@ -91,31 +94,44 @@ def main() -> None:
         trials, truth = simulate_dataset(
             model, args.subjects, args.trials, seed=0, population=population
         )
-        start = time.perf_counter()
-        idata = sbi_plugins.fit(
-            trials,
-            model,
-            group="participant_id",
-            pooling=pooling,
-            draws=args.draws,
-            tune=args.tune,
-            chains=args.chains,
-            seed=1,
-            progress=False,
-            refine=False,
-        )
-        seconds = time.perf_counter() - start
-        summary = az.summary(idata, round_to="none")
-        stats = idata.sample_stats
-        inside, total = recovery(idata, truth, pooling)
-        print(
-            f"{model:>15}: {seconds:7.1f} s wall, min ESS "
-            f"{summary['ess_bulk'].min():6.0f}, max r-hat "
-            f"{summary['r_hat'].max():.3f}, "
-            f"divergences {int(stats['diverging'].sum())}, mean leapfrog steps "
-            f"{float(stats['n_steps'].mean()):.1f}, truth in 94% HDI {inside}/{total}",
-            flush=True,
-        )
+        runs = {}
+        for noncentered in (True, False) if args.centered else (True,):
+            start = time.perf_counter()
+            idata = sbi_plugins.fit(
+                trials,
+                model,
+                group="participant_id",
+                pooling=pooling,
+                draws=args.draws,
+                tune=args.tune,
+                chains=args.chains,
+                seed=1,
+                progress=False,
+                refine=False,
+                noncentered=noncentered,
+            )
+            seconds = time.perf_counter() - start
+            summary = az.summary(idata, round_to="none")
+            stats = idata.sample_stats
+            inside, total = recovery(idata, truth, pooling)
+            label = model if noncentered else f"{model} centered"
+            runs[noncentered] = (seconds, summary["ess_bulk"].min())
+            print(
+                f"{label:>24}: {seconds:7.1f} s wall, min ESS "
+                f"{summary['ess_bulk'].min():6.0f}, max r-hat "
+                f"{summary['r_hat'].max():.3f}, "
+                f"divergences {int(stats['diverging'].sum())}, mean leapfrog steps "
+                f"{float(stats['n_steps'].mean()):.1f}, truth in 94% HDI "
+                f"{inside}/{total}",
+                flush=True,
+            )
+        if len(runs) == 2:
+            (fast, ess), (slow, ess_c) = runs[True], runs[False]
+            print(
+                f"{'':>24}  non-centered / centered: wall {fast / slow:.2f}, "
+                f"min ESS per second {(ess / fast) / (ess_c / slow):.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

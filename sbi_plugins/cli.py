@@ -195,6 +195,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         prior_predictive=args.prior_predictive or False,
         refine=parse_refine(args.refine),
         log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
+        noncentered=not args.centered,
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -402,6 +403,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="the pointwise log-likelihood for az.loo / compare: float32 (default, "
         "half the size), float64, or none (left out)",
+    )
+    p.add_argument(
+        "--centered",
+        action="store_true",
+        help="sample each group's value of a normal population directly, not "
+        "through standard-normal offsets (the default, as Bambi and HSSM)",
     )
     p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
     _sampler_options(p, None)

@@ -183,29 +183,3 @@ def test_every_option_means_the_same_with_a_formula(trials):
         "t": "partial",
     }
     assert set(plain.posterior.attrs) - {"created_at"} <= set(mixed.posterior.attrs)
-
-
-@pytest.mark.parametrize(
-    ("pooling", "formulas", "expected"),
-    [
-        ("complete", {"v": "v ~ 1 + C(condition)"}, True),
-        ({"a": "none", "z": "complete", "t": "none"}, {"v": "v ~ 1"}, True),
-        ("partial", {"v": "v ~ 1 + C(condition)"}, False),
-        ("complete", None, False),
-    ],
-)
-def test_the_laplace_start_is_for_formulas_without_populations(
-    trials, pooling, formulas, expected
-):
-    """A centered population's joint mode lies at sigma -> 0: its Laplace scales
-    would shrink every step, so only models without one start at the mode."""
-    from sbi_plugins.data import prepare_data
-    from sbi_plugins.inference.nuts_method import wants_laplace_start
-    from sbi_plugins.likelihoods.distribution import Likelihood
-    from sbi_plugins.model.model import build_model, plan_model
-
-    sim = sbi_plugins.get_simulator("ddm")
-    parameters = plan_model(sim, trials, "participant_id", pooling, formulas)
-    data = prepare_data(trials, sim, "participant_id")
-    model, _ = build_model(parameters, data, Likelihood(sim))
-    assert wants_laplace_start(model) is expected

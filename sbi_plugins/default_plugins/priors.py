@@ -63,13 +63,6 @@ GAMMA = PriorFamily(
 )
 
 
-def mean_sd_gamma(mu: torch.Tensor, sigma: torch.Tensor) -> dist.Gamma:
-    """Gamma parametrized by mean and sd, as in the cookie model:
-    Gamma(mu^2 / sigma^2, mu / sigma^2)."""
-    mu, sigma = torch.as_tensor(mu), torch.as_tensor(sigma)
-    return dist.Gamma(mu**2 / sigma**2, mu / sigma**2)
-
-
 @hookimpl
 def register_priors(register) -> None:
     register(NORMAL)

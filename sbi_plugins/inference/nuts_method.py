@@ -16,6 +16,7 @@ from sbi_plugins.inference.compile import compiled_potential, worth_compiling
 from sbi_plugins.inference.laplace import laplace_start
 from sbi_plugins.inference.nuts import run_nuts
 from sbi_plugins.inference.starts import chain_starts, start_problem
+from sbi_plugins.model.pooling import ParameterPlan
 
 if TYPE_CHECKING:
     from sbi_plugins.data import PreparedData
@@ -66,7 +67,7 @@ class Nuts:
         sample_stats = stack_chains([r.stats for r in results])
         samples = stack_chains([r.samples for r in results])
         warn_divergences(sample_stats, s.target_accept)
-        warn_poor_mixing(samples)
+        warn_poor_mixing(model.posterior_variables(model.complete_draws(samples))[0])
         return Draws(
             samples,
             sample_stats,
@@ -77,13 +78,17 @@ class Nuts:
 
 def wants_laplace_start(model: HierarchicalModel) -> bool:
     """Formula coefficients differ in scale by orders of magnitude (a pooled
-    intercept over thousands of trials vs a subject's offset), so NUTS starts at
-    their mode with the Laplace scales (`sbi_plugins.inference.laplace`). Not where
-    a parameter has a (centered) population: its joint mode lies at sigma -> 0,
-    and the curvature there would shrink every step."""
-    return model.has_formulas and not any(
-        p.pooling == "partial" for p in model.parameters
-    )
+    intercept over thousands of trials vs a subject's offset), and so do a
+    non-centered population's hyperparameters and offsets once each group has a
+    hundred trials: with a unit mass matrix, NUTS's first adaptation window runs
+    trees of hundreds of steps at a tiny step size. So such models start at their
+    mode with the Laplace scales (`sbi_plugins.inference.laplace`). Not where a
+    parameter has a centered population: its joint mode lies at sigma -> 0, and
+    the curvature there would shrink every step."""
+    plans = [p for p in model.parameters if isinstance(p, ParameterPlan)]
+    if any(p.pooling == "partial" and not p.noncentered for p in plans):
+        return False
+    return model.has_formulas or any(p.noncentered for p in plans)
 
 
 def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) -> int:

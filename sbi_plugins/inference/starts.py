@@ -143,7 +143,7 @@ def start_problem(
     cells = model.cells
     return StartProblem(
         model_kwargs["likelihood"],
-        model.cell_parameters,
+        lambda start: model.cell_parameters(model.with_derived(start)),
         cells.index,
         data.x,
         data.row_labels,

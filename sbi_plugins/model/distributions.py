@@ -80,6 +80,85 @@ def log_interval_mass(
     return mass.clamp(min=_TINY).log()
 
 
+def _ndtr(x: torch.Tensor) -> torch.Tensor:
+    """Phi(x) accurate in the lower tail (torch's `ndtr` is 0 below about -8)."""
+    return 0.5 * torch.special.erfc(-x * math.sqrt(0.5))
+
+
+def normal_population_value(
+    offset: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+) -> torch.Tensor:
+    """The value of Normal(mu, sigma) truncated to [low, high] at quantile
+    Phi(`offset`): the non-centered population. With `offset` ~ Normal(0, 1) the
+    value has exactly the truncated density, and in a wide box it is
+    mu + sigma * offset, Bambi's non-centered group effect. Computed on the side of
+    the mean the box lies (mirrored, as `_normal_log_mass`), where `ndtr` keeps its
+    digits; clamped into the box against the last bit of rounding."""
+    alpha = (low - mu) / sigma
+    beta = (high - mu) / sigma
+    flip = (alpha + beta) > 0
+    a = torch.where(flip, -beta, alpha)
+    b = torch.where(flip, -alpha, beta)
+    q = torch.where(flip, -offset, offset)
+    p = _ndtr(-q) * _ndtr(a) + _ndtr(q) * _ndtr(b)
+    z = torch.special.ndtri(p.clamp(min=_TINY, max=1.0))
+    value = mu + sigma * torch.where(flip, -z, z)
+    return torch.minimum(torch.maximum(value, low), high)
+
+
+def normal_population_offset(
+    value: torch.Tensor,
+    mu: torch.Tensor,
+    sigma: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+) -> torch.Tensor:
+    """The inverse of `normal_population_value`: the standard-normal offset at
+    which the truncated population takes `value` (for starting values)."""
+    alpha = (low - mu) / sigma
+    beta = (high - mu) / sigma
+    flip = (alpha + beta) > 0
+    a = torch.where(flip, -beta, alpha)
+    b = torch.where(flip, -alpha, beta)
+    x = torch.where(flip, -1.0, 1.0) * (value - mu) / sigma
+    cdf_a, cdf_b = _ndtr(a), _ndtr(b)
+    q = (_ndtr(x) - cdf_a) / (cdf_b - cdf_a).clamp(min=_TINY)
+    offset = torch.special.ndtri(q.clamp(1e-12, 1 - 1e-12))
+    return torch.where(flip, -offset, offset)
+
+
+class WeightedOffset(dist.TorchDistribution):
+    """Standard-normal offsets, one per group, each with a factor `log_weight`
+    that depends on the hyperparameters only.
+
+    A group whose shift parameter lies below a ceiling (`SampledBelow`) has its
+    population truncated to [low, ceiling] instead of [low, high]; the weight,
+    log of the mass below the ceiling, keeps the hyperparameters' posterior that of
+    the box-truncated population (the same density, sampled on less of it)."""
+
+    arg_constraints: dict = {}
+    support = constraints.real
+    has_rsample = False
+
+    def __init__(self, log_weight: torch.Tensor):
+        self.log_weight = log_weight
+        super().__init__(log_weight.shape, torch.Size(), validate_args=False)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -0.5 * value**2 - 0.5 * math.log(2 * math.pi) + self.log_weight
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> torch.Tensor:
+        shape = self._extended_shape(sample_shape)
+        return torch.randn(shape, dtype=self.log_weight.dtype)
+
+    def expand(self, batch_shape, _instance=None):
+        return WeightedOffset(self.log_weight.expand(batch_shape))
+
+
 def _param_dtype(base: torch.distributions.Distribution) -> torch.dtype:
     for name in base.arg_constraints:
         value = getattr(base, name, None)

@@ -63,16 +63,20 @@ def plan_model(
     pooling: str | Mapping[str, str] = "partial",
     formulas: Mapping[str, str] | list[str] | str | None = None,
     priors: Mapping[str, PopulationPrior | str] | None = None,
+    noncentered: bool = True,
 ) -> list[ModelParameter]:
     """Every parameter's part of the model, checked before any estimator is loaded
-    or trained: a formula where one is given, else its pooling mode."""
+    or trained: a formula where one is given, else its pooling mode (normal
+    populations non-centered unless `noncentered` is False)."""
     parsed = normalize_formulas(formulas, simulator) if formulas else {}
     modes = normalize_pooling(pooling, simulator, group is not None, parsed)
     resolved = resolve_priors(simulator, priors)
     return [
         parse_formula(p, parsed[p.name], frame, resolved[p.name])
         if p.name in parsed
-        else ParameterPlan.of(p, modes[p.name], resolved[p.name])
+        else ParameterPlan.of(
+            p, modes[p.name], resolved[p.name], centered=not noncentered
+        )
         for p in simulator.parameters
     ]
 
@@ -181,11 +185,36 @@ class HierarchicalModel:
             rows = LapseMixture(rows, share, self.lapse.distribution.log_density)
         sites.observe(site, rows, x)
 
-    def sample_parameters(self, sites: Sites) -> dict[str, Tensor]:
+    def sample_parameters(
+        self, sites: Sites, ceilings: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Every parameter's sites; `ceilings` default to the model's (the prior
+        draws take none: the ceilings come from the data)."""
+        ceilings = self.ceilings if ceilings is None else ceilings
         values: dict[str, Tensor] = {}
         for p in self.parameters:
-            values.update(p.sample(sites, self.ceilings.get(p.name)))
+            values.update(p.sample(sites, ceilings.get(p.name)))
         return values
+
+    def with_derived(self, values: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The sampled sites' values with the deterministic ones they imply (the
+        group values of non-centered populations), as `sample_parameters` makes
+        them; vectorized over leading draw dims."""
+        out = dict(values)
+        for p in self.parameters:
+            if isinstance(p, ParameterPlan):
+                out.update(p.derived(values, self.ceilings.get(p.name)))
+        return out
+
+    def complete_draws(self, raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An inference method's draws of the sampled sites, `(chain, draw, ...)`,
+        with the deterministic sites added (what every result is built from)."""
+        with torch.no_grad():
+            values = {
+                k: torch.as_tensor(v, dtype=torch.float64) for k, v in raw.items()
+            }
+            derived = self.with_derived(values)
+        return dict(raw) | {k: v.numpy() for k, v in derived.items() if k not in raw}
 
     def cell_parameters(self, values: Mapping[str, Tensor]) -> Tensor:
         """`(..., cells, parameters)` from the sites' values (leading dims are
@@ -228,7 +257,13 @@ class HierarchicalModel:
         with small spreads."""
         values: dict[str, Tensor] = {}
         for p in self.parameters:
-            values.update(p.start(self.start_ceilings.get(p.name), self.num_groups))
+            ceiling = self.start_ceilings.get(p.name)
+            if isinstance(p, ParameterPlan):
+                values.update(
+                    p.start(ceiling, self.num_groups, self.ceilings.get(p.name))
+                )
+            else:
+                values.update(p.start(ceiling, self.num_groups))
         if self._share_prior is not None:
             values[LAPSE_SITE] = self.lapse.start_share()
         return values
@@ -249,7 +284,7 @@ class HierarchicalModel:
             torch.manual_seed(seed)
             for _ in range(count):
                 sites = PriorSites(self.num_groups)
-                self.sample_parameters(sites)
+                self.sample_parameters(sites, ceilings={})
                 if self._share_prior is not None:
                     sites.sample(LAPSE_SITE, self._share_prior)
                 draws.append(sites.values)

@@ -6,9 +6,17 @@ Per parameter:
 - "none": one independent value per group, each with that same prior;
 - "partial": `<p>_mu`, `<p>_sigma` ~ hyperpriors, and each group's value ~ the
   family(mu, sigma) truncated to the box and renormalized.
-Every group-level value therefore lives in the training box by construction: NUTS
-samples it through the interval's sigmoid transform. A parameter's prior depends on
-its own mode and prior only, never on what the other parameters are given.
+Every group-level value therefore lives in the training box by construction. A
+parameter's prior depends on its own mode and prior only, never on what the other
+parameters are given.
+
+A normal population is non-centered, as Bambi's and HSSM's group effects are: NUTS
+samples a standard-normal `<p>_offset` per group and the group's value is the
+truncated population's quantile at it (`normal_population_value`; mu + sigma *
+offset in a wide box), a deterministic site. A centered population has the funnel
+(sigma -> 0 squeezes every group value), which made the default DDM fit diverge and
+take 26 leapfrog steps per draw. Other families (gamma) stay centered: the group
+value is sampled through the interval's sigmoid transform.
 """
 
 from __future__ import annotations
@@ -25,7 +33,15 @@ from torch.distributions import Distribution
 
 from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
 from sbi_plugins.errors import SbiPluginsError
-from sbi_plugins.model.distributions import SampledBelow, TruncatedToBox, as_pyro
+from sbi_plugins.model.distributions import (
+    SampledBelow,
+    TruncatedToBox,
+    WeightedOffset,
+    as_pyro,
+    log_interval_mass,
+    normal_population_offset,
+    normal_population_value,
+)
 from sbi_plugins.model.sites import Sites
 from sbi_plugins.model.support import start_value, typical_value
 from sbi_plugins.plugin.registry import get_registry
@@ -51,13 +67,21 @@ class ParameterPlan:
     pooling: str
     prior: PopulationPrior
     family: PriorFamily
+    centered: bool = False
+    """Sample a normal population's group values directly (the baseline the
+    non-centered form is measured against), not through offsets."""
 
     @classmethod
     def of(
-        cls, parameter: Parameter, pooling: str, prior: PopulationPrior
+        cls,
+        parameter: Parameter,
+        pooling: str,
+        prior: PopulationPrior,
+        centered: bool = False,
     ) -> ParameterPlan:
         """The plan of `parameter` in mode `pooling` with its resolved `prior`."""
-        return cls(parameter, pooling, prior, get_registry().prior_family(prior.family))
+        family = get_registry().prior_family(prior.family)
+        return cls(parameter, pooling, prior, family, centered)
 
     @property
     def name(self) -> str:
@@ -72,6 +96,19 @@ class ParameterPlan:
         if self.pooling != "partial":
             return []
         return [self.hyper_site(h) for h in self.family.hyperparameters]
+
+    @property
+    def noncentered(self) -> bool:
+        """A normal population, sampled through standard-normal offsets."""
+        return (
+            not self.centered
+            and self.pooling == "partial"
+            and self.family.name == "normal"
+        )
+
+    @property
+    def offset_site(self) -> str:
+        return f"{self.name}_offset"
 
     @property
     def grouped(self) -> bool:
@@ -118,6 +155,15 @@ class ParameterPlan:
                 for h in self.family.hyperparameters
             }
             values.update({self.hyper_site(h): v for h, v in hyper.items()})
+            if self.noncentered:
+                weight = self._offset_weight(hyper, ceiling)
+                offset = sites.sample(
+                    self.offset_site, WeightedOffset(weight), grouped=True
+                )
+                values[self.offset_site] = offset
+                value = self._group_values(hyper, offset, ceiling)
+                values[self.name] = sites.deterministic(self.name, value, grouped=True)
+                return values
             prior = self.truncated(self.family.build(**hyper))
         else:
             prior = self.fixed_prior
@@ -125,6 +171,45 @@ class ParameterPlan:
             prior = SampledBelow(prior, ceiling if self.grouped else ceiling.min())
         values[self.name] = sites.sample(self.name, prior, grouped=self.grouped)
         return values
+
+    def _bounds(self, ceiling: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The interval the groups' values are drawn from: the box, below each
+        group's ceiling for a shift parameter."""
+        low = torch.tensor(self.parameter.lower, dtype=torch.float64)
+        high = torch.tensor(self.parameter.upper, dtype=torch.float64)
+        if ceiling is not None:
+            high = torch.minimum(high, ceiling.to(torch.float64))
+        return low, high
+
+    def _offset_weight(self, hyper: Mapping[str, Tensor], ceiling: Tensor | None):
+        """Each group's log mass below its ceiling, relative to the box's (zero
+        without a ceiling): see `WeightedOffset`."""
+        if ceiling is None:
+            return torch.zeros((), dtype=torch.float64)
+        low, high = self._bounds(ceiling)
+        base = torch.distributions.Normal(
+            hyper["mu"][..., None], hyper["sigma"][..., None]
+        )
+        box = torch.tensor(self.parameter.upper, dtype=torch.float64)
+        return log_interval_mass(base, low, high) - log_interval_mass(base, low, box)
+
+    def _group_values(
+        self, hyper: Mapping[str, Tensor], offset: Tensor, ceiling: Tensor | None
+    ) -> Tensor:
+        """The groups' values at their offsets (leading dims: draws)."""
+        low, high = self._bounds(ceiling)
+        mu, sigma = hyper["mu"][..., None], hyper["sigma"][..., None]
+        return normal_population_value(offset, mu, sigma, low, high)
+
+    def derived(
+        self, values: Mapping[str, Tensor], ceiling: Tensor | None
+    ) -> dict[str, Tensor]:
+        """Its deterministic sites from the sampled ones (the group values of a
+        non-centered population); vectorized over leading draw dims."""
+        if not self.noncentered or self.offset_site not in values:
+            return {}
+        hyper = {h: values[self.hyper_site(h)] for h in self.family.hyperparameters}
+        return {self.name: self._group_values(hyper, values[self.offset_site], ceiling)}
 
     def cell_values(
         self, values: Mapping[str, Tensor], cell_group: Tensor | None, cells: int
@@ -135,9 +220,16 @@ class ParameterPlan:
             return value[..., None].expand(*value.shape, cells)
         return value if cell_group is None else value[..., cell_group]
 
-    def start(self, ceiling: np.ndarray | None, num_groups: int) -> dict[str, Tensor]:
-        """Constrained starting values of its sites: the typical value (below each
-        group's ceiling for a shift), population mean and spread from those."""
+    def start(
+        self,
+        ceiling: np.ndarray | None,
+        num_groups: int,
+        support_ceiling: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Constrained starting values of its sampled sites: the typical value
+        (below each group's `ceiling` for a shift), population mean and spread from
+        those; a non-centered population's offsets are those of the group values
+        (`support_ceiling`: the model's, as in `sample`)."""
         p = self.parameter
         center = typical_value(p, self.prior)
         bound = np.broadcast_to(
@@ -163,6 +255,13 @@ class ParameterPlan:
                 if value is None or not bool(hyperprior.support.check(value)):
                     value = _median(hyperprior)
                 values[self.hyper_site(h)] = value
+        if self.noncentered:
+            group_values = values.pop(self.name)
+            hyper = {h: values[self.hyper_site(h)] for h in self.family.hyperparameters}
+            low, high = self._bounds(support_ceiling)
+            values[self.offset_site] = normal_population_offset(
+                group_values, hyper["mu"], hyper["sigma"], low, high
+            )
         return values
 
     def posterior_variables(

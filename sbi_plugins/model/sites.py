@@ -24,6 +24,9 @@ class Sites(Protocol):
     def sample(self, name: str, distribution: Distribution, grouped: bool = False):
         """The value of a latent site; `grouped`: one value per group (a plate)."""
 
+    def deterministic(self, name: str, value: Tensor, grouped: bool = False) -> Tensor:
+        """A value computed from other sites (a non-centered group's value)."""
+
     def observe(self, name: str, distribution: Distribution, value: Tensor) -> None:
         """The data rows' site."""
 
@@ -40,6 +43,12 @@ class PyroSites:
             with self.groups:
                 return pyro.sample(name, distribution)
         return pyro.sample(name, distribution)
+
+    def deterministic(self, name: str, value: Tensor, grouped: bool = False) -> Tensor:
+        if grouped:
+            with self.groups:
+                return pyro.deterministic(name, value)
+        return pyro.deterministic(name, value)
 
     def observe(self, name: str, distribution: Distribution, value: Tensor) -> None:
         with pyro.plate(OBS_PLATE, value.shape[0], dim=-1):
@@ -58,6 +67,9 @@ class LogJoint:
         self.total = self.total + distribution.log_prob(value).sum()
         return value
 
+    def deterministic(self, name: str, value: Tensor, grouped: bool = False) -> Tensor:
+        return value
+
     def observe(self, name: str, distribution: Distribution, value: Tensor) -> None:
         self.total = self.total + distribution.log_prob(value).sum()
 
@@ -74,6 +86,10 @@ class PriorSites:
         if grouped and tuple(distribution.batch_shape) != (self.num_groups,):
             distribution = distribution.expand((self.num_groups,))
         value = distribution.sample()
+        self.values[name] = value
+        return value
+
+    def deterministic(self, name: str, value: Tensor, grouped: bool = False) -> Tensor:
         self.values[name] = value
         return value
 
