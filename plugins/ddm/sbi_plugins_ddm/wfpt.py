@@ -9,6 +9,11 @@ analytical ``logp_ddm``): the walk starts at ``-a + 2 a z`` between absorbing
 boundaries at ``-a`` and ``+a`` with unit noise, so the boundary *separation* in
 Navarro-Fuss terms is ``2 a``. Response ``+1`` is the upper boundary (made more
 likely by a positive drift), ``-1`` (or ``0``) the lower one.
+
+An optional fifth column ``sv`` gives the drift trial-to-trial variability
+(``v ~ Normal(v, sv)`` per trial, ssm-simulators' ``ddm_sdv``), integrated out in
+closed form (Ratcliff & Tuerlinckx 2002; Blurton, Kesselmeier & Gondan 2012; HDDM's
+``wfpt`` and HSSM's ``logp_ddm_sdv``).
 """
 
 from __future__ import annotations
@@ -137,16 +142,37 @@ def _log_ftt01w(u: torch.Tensor, w: torch.Tensor, error: float) -> torch.Tensor:
     )
 
 
+def _log_drift_factor(
+    v: torch.Tensor, sv: torch.Tensor | None, distance: torch.Tensor, tau: torch.Tensor
+) -> torch.Tensor:
+    """log of the drift's factor in the lower-boundary density at decision time tau.
+
+    With a fixed drift v the density is ``exp(-v d - v^2 tau / 2)`` times the
+    drift-free one, ``d`` the start's distance to the boundary (``2 a w``, not HDDM's
+    ``a w``: the separation here is ``2 a``). Averaged over ``v ~ Normal(v, sv)`` it
+    is ``exp((sv^2 d^2 - 2 v d - v^2 tau) / (2 (1 + sv^2 tau))) / sqrt(1 + sv^2 tau)``
+    (Blurton et al. 2012, eq. 3); ``sv=None`` is the fixed drift.
+    """
+    if sv is None:
+        return -v * distance - 0.5 * v * v * tau
+    spread = sv * sv * tau
+    return (sv * sv * distance * distance - 2.0 * v * distance - v * v * tau) / (
+        2.0 * (1.0 + spread)
+    ) - 0.5 * torch.log1p(spread)
+
+
 def ddm_log_likelihood(
     theta: torch.Tensor, x: torch.Tensor, *, error: float = 1e-7
 ) -> torch.Tensor:
-    """Exact DDM log-likelihood log p(rt, response | v, a, z, t), vectorized.
+    """Exact DDM log-likelihood log p(rt, response | v, a, z, t[, sv]), vectorized.
 
     Args:
         theta: ``(..., 4)`` columns ``v, a, z, t``: drift, half boundary separation
             as in ssm-simulators' ``ddm`` (boundaries at +-a, so separation 2a, like
             HSSM's ``a * 2``), relative start ``z`` in (0, 1) and non-decision time
-            ``t`` in seconds; diffusion noise sd is 1.
+            ``t`` in seconds; diffusion noise sd is 1. A fifth column ``sv`` (as in
+            ssm-simulators' ``ddm_sdv``) is the sd of the drift across trials,
+            integrated out in closed form; without it the drift is fixed.
         x: ``(..., 2)`` columns ``rt`` (seconds) and response (+1 upper boundary,
             -1 or 0 lower boundary). Broadcasts against ``theta``.
         error: Navarro-Fuss absolute error bound on the standardized density
@@ -169,7 +195,12 @@ def ddm_log_likelihood(
         dtype = torch.get_default_dtype()
     theta = theta.to(dtype)
     x = x.to(dtype)
-    v, a, z, t = theta.unbind(-1)
+    if theta.shape[-1] not in (4, 5):
+        raise ValueError(
+            f"theta needs columns v, a, z, t (and optionally sv), got {theta.shape[-1]}"
+        )
+    v, a, z, t = theta[..., :4].unbind(-1)
+    sv = theta[..., 4] if theta.shape[-1] == 5 else None
     rt, response = x.unbind(-1)
 
     upper = response > 0
@@ -187,7 +218,6 @@ def ddm_log_likelihood(
     log_p = (
         _log_ftt01w(u, w, error)
         - 2.0 * torch.log(sep)
-        - v_f * sep * w
-        - 0.5 * v_f * v_f * tau
+        + _log_drift_factor(v_f, sv, sep * w, tau)
     )
     return torch.where(valid, log_p, torch.full_like(log_p, -math.inf))

@@ -12,11 +12,13 @@ from torch.distributions import HalfNormal, Normal
 
 from sbi_plugins.contract import (
     EstimatorRecipe,
+    LogLikelihoodFn,
     Observable,
     Parameter,
     PopulationPrior,
     Simulator,
 )
+from sbi_plugins_ssm.reference import REFERENCE_DENSITIES
 from sbi_plugins_ssm.simulator import SSMSimulate
 
 PLUGIN_VERSION = "1"
@@ -155,12 +157,14 @@ def sequential_sampling_model(
     description: str = "",
     version: str = "1",
     recipe: EstimatorRecipe = RECIPE,
+    log_likelihood: LogLikelihoodFn | None = None,
 ) -> Simulator:
     """A `Simulator` for any sequential sampling model: `simulate` maps `(n, p)`
     parameter rows (in the order of `bounds`) to `(n, 2)` rows of (rt in seconds,
     response code), NaN for a trial that never decides. `rt` is learned as
     `(rt - t) / a**2` where the model has `t` (and no onset variability `st`) and a
-    positive `a`; the DDM-like parameters get the ddm plugin's population priors."""
+    positive `a`; the DDM-like parameters get the ddm plugin's population priors.
+    `log_likelihood` (optional) is a reference density, as in `Simulator`."""
     parameters = tuple(
         Parameter(p, float(lo), float(hi), f"{p!r} of {name}")
         for p, (lo, hi) in bounds.items()
@@ -193,6 +197,7 @@ def sequential_sampling_model(
             ),
         ),
         simulate=simulate,
+        log_likelihood=log_likelihood,
         population_priors=_population_priors(parameters),
         recipe=recipe,
         example_group="participant_id",
@@ -207,7 +212,8 @@ def ssm_simulator(
 ) -> Simulator:
     """The sbi-plugins `Simulator` of ssm-simulators' model `name`, its config's
     bounds as the training box: `sequential_sampling_model` with ssm-simulators'
-    simulator and a version that carries its release."""
+    simulator, a version that carries its release and the reference density where
+    there is one (`REFERENCE_DENSITIES`)."""
     config = ModelConfig.lookup(name)
     names = config.params
     t_index = names.index("t") if onset_shift(names) else None
@@ -222,4 +228,5 @@ def ssm_simulator(
         ),
         version=f"{PLUGIN_VERSION}+ssms{ssms_version()}",
         recipe=recipe,
+        log_likelihood=REFERENCE_DENSITIES.get(name),
     )

@@ -1,0 +1,136 @@
+"""ssm models with a reference density: the shipped neural estimator against the
+reference (`likelihood="exact"`), side by side on one data set per model.
+
+    python benchmarks/ssm_reference.py [ddm_sdv full_ddm] [--subjects 10 --trials 100]
+                                       [--draws 1000 --tune 1000 --chains 4]
+
+Data as in `ssm_fits.py`: `simulate_dataset` (seed 0), `v` and `a` with a
+population, the other parameters pooled completely at one true value. Both fits
+share the sampler seed and settings. Prints, for every subject-level and pooled
+parameter, the gap |mean neural - mean exact| in exact posterior sd and the sd
+ratio (neural / exact), then each fit's wall time (sampling only: no posterior
+predictive or pointwise log-likelihood) and sampler health and the worst gap
+(target: under 0.3 sd everywhere, issue 19).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import warnings
+
+import arviz as az
+import pandas as pd
+from sbi_plugins_ssm import simulate_dataset
+from ssm_fits import common, pooling_for
+
+import sbi_plugins
+
+TARGET = 0.3
+"""Largest acceptable gap between the posterior means, in exact posterior sd."""
+
+
+def fit(trials, model: str, pooling, likelihood: str, args) -> tuple:
+    start = time.perf_counter()
+    idata = sbi_plugins.fit(
+        trials,
+        model,
+        group="participant_id",
+        pooling=pooling,
+        likelihood=likelihood,
+        draws=args.draws,
+        tune=args.tune,
+        chains=args.chains,
+        seed=args.seed,
+        progress=False,
+        refine=False,  # the estimator as shipped
+        posterior_predictive=False,  # the sampler's cost alone, for both
+        log_likelihood=False,
+    )
+    return idata, time.perf_counter() - start
+
+
+def agreement(exact, neural, names: list[str]) -> pd.DataFrame:
+    """Per scalar (subject-level values one row each): means, sds, gap, sd ratio."""
+    e = az.summary(exact, var_names=names, round_to="none")
+    n = az.summary(neural, var_names=names, round_to="none")
+    return pd.DataFrame(
+        {
+            "mean exact": e["mean"],
+            "mean neural": n["mean"],
+            "sd exact": e["sd"],
+            "gap (sd)": (n["mean"] - e["mean"]).abs() / e["sd"],
+            "sd ratio": n["sd"] / e["sd"],
+        }
+    )
+
+
+def compare(model: str, args) -> float:
+    """Fit `model` both ways, print the table and times; return the worst gap."""
+    simulator = sbi_plugins.get_simulator(model)
+    pooling = pooling_for(simulator, "va")
+    trials, _ = simulate_dataset(
+        model,
+        args.subjects,
+        args.trials,
+        seed=0,
+        population=common(simulator, pooling),
+    )
+    fits, seconds = {}, {}
+    for likelihood in ("neural", "exact"):
+        fits[likelihood], seconds[likelihood] = fit(
+            trials, model, pooling, likelihood, args
+        )
+    names = [p.name for p in simulator.parameters]
+    names += [
+        f"{p}_{h}"
+        for p, m in pooling.items()
+        if m == "partial"
+        for h in ("mu", "sigma")
+    ]
+    table = agreement(fits["exact"], fits["neural"], names)
+    print(f"\n{model}:")
+    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+    for likelihood, idata in fits.items():
+        summary = az.summary(idata, var_names=names, round_to="none")
+        print(
+            f"{likelihood:>7}: {seconds[likelihood]:7.1f} s wall, min bulk ESS "
+            f"{summary['ess_bulk'].min():.0f}, max r-hat {summary['r_hat'].max():.3f}, "
+            f"divergences {int(idata.sample_stats['diverging'].sum())}, mean leapfrog "
+            f"steps {float(idata.sample_stats['n_steps'].mean()):.1f}"
+        )
+    worst = float(table["gap (sd)"].max())
+    print(
+        f"worst gap {worst:.3f} sd at {table['gap (sd)'].idxmax()} (target < "
+        f"{TARGET}: {'met' if worst < TARGET else 'NOT met'}); sd ratio "
+        f"{table['sd ratio'].min():.2f} - {table['sd ratio'].max():.2f}",
+        flush=True,
+    )
+    return worst
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("models", nargs="*", default=["ddm_sdv", "full_ddm"])
+    parser.add_argument("--subjects", type=int, default=10)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--tune", type=int, default=1000)
+    parser.add_argument("--chains", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=1, help="sampler seed")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.subjects} "
+        f"subjects x {args.trials} trials; {args.chains} chains x ({args.tune} + "
+        f"{args.draws}); sampler seed {args.seed}",
+        flush=True,
+    )
+    for model in args.models:
+        compare(model, args)
+
+
+if __name__ == "__main__":
+    main()
