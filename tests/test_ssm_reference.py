@@ -39,7 +39,7 @@ def _trials(theta: np.ndarray, seed: int, after: float = 0.0) -> torch.Tensor:
     return torch.tensor(np.stack([rt, rng.choice([-1.0, 1.0], len(theta))], -1))
 
 
-def _gauss_legendre_pieces(edges: np.ndarray, nodes: int = 16):
+def _gauss_legendre_pieces(edges: np.ndarray, nodes: int = 8):
     """Nodes and weights integrating over each interval between sorted ``edges``."""
     unit, weight = np.polynomial.legendre.leggauss(nodes)
     lo, hi = edges[:-1, None], edges[1:, None]
@@ -55,7 +55,7 @@ def _distribution_function(model: str, theta, response: int, at: np.ndarray):
     t = theta[3]
     lower = t - theta[6] if model == "full_ddm" else t
     scale = (2.0 * theta[1]) ** 2
-    grid = lower + scale * np.geomspace(1e-5, 30.0, 600)
+    grid = lower + scale * np.geomspace(1e-5, 30.0, 200)
     kinks = [t + theta[6]] if model == "full_ddm" else []
     at = np.clip(np.asarray(at, dtype=np.float64), lower, grid[-1])
     edges = np.unique(np.concatenate([[lower], grid, kinks, at]))
@@ -126,7 +126,7 @@ CASES = [(model, *point) for model, points in POINTS.items() for point in points
 
 @pytest.mark.parametrize(("model", "theta", "tolerance"), CASES)
 def test_density_integrates_to_one_over_rt_and_both_responses(model, theta, tolerance):
-    """Total mass 1, the test's own quadrature (16 nodes on each of 600 graded
+    """Total mass 1, the test's own quadrature (8 nodes on each of 200 graded
     pieces) being far finer than the tolerance."""
     total = sum(
         _distribution_function(model, theta, response, [np.inf])[0]

@@ -4,7 +4,8 @@ Models without a usable likelihood (collapsing bounds, Levy noise, leak,
 inter-trial variability, races with 2-4 choices) under their ssm-simulators names,
 parameters and bounds, with `rt` and `response` columns as in the ddm plugin. The
 catalogue is `CATALOGUE`; `SHIPPED` names those with a trained estimator in the
-package, the others train on first use (progress bar, cached).
+package, the others train on first use (progress bar, cached). `ddm_sdv` and
+`full_ddm` also carry a reference density (`reference.REFERENCE_DENSITIES`).
 """
 
 from __future__ import annotations
