@@ -18,7 +18,7 @@ pytest.importorskip("ssms.config")
 from sbi_plugins_ddm.variability import full_ddm_log_likelihood
 from sbi_plugins_ddm.wfpt import ddm_log_likelihood
 from sbi_plugins_ssm.simulator import DELTA_T
-from ssms.basic_simulators.simulator import simulator
+from ssms.basic_simulators.simulator import simulator as ssms_simulator
 
 F64 = torch.float64
 
@@ -27,9 +27,8 @@ def _box_points(model: str, n: int, seed: int) -> np.ndarray:
     simulator = sbi_plugins.get_simulator(model)
     lower = np.array([p.lower for p in simulator.parameters])
     upper = np.array([p.upper for p in simulator.parameters])
-    return lower + (upper - lower) * np.random.default_rng(seed).uniform(
-        size=(n, 7 if model == "full_ddm" else 5)
-    )
+    uniform = np.random.default_rng(seed).uniform(size=(n, len(lower)))
+    return lower + (upper - lower) * uniform
 
 
 def _trials(theta: np.ndarray, seed: int, after: float = 0.0) -> torch.Tensor:
@@ -48,8 +47,9 @@ def _gauss_legendre_pieces(edges: np.ndarray, nodes: int = 8):
 
 def _distribution_function(model: str, theta, response: int, at: np.ndarray):
     """P(rt <= at, response) by quadrature of the registered density on a grid
-    graded towards the lower end of rt (through 30 (2a)^2 beyond it: the tail past
-    that holds less than e^-140)."""
+    graded towards the lower end of rt, through 30 (2a)^2 beyond it (the tail
+    past that is negligible: the density decays at least like exp(-pi^2 u / 2),
+    u = (rt - t) / (2a)^2)."""
     simulator = sbi_plugins.get_simulator(model)
     theta = np.asarray(theta, dtype=np.float64)
     t = theta[3]
@@ -156,7 +156,7 @@ def test_matches_ssm_simulators_trials(model, theta):
     continuous onset averages over the steps' phase: the same rule on average)."""
     n = 200_000
     np.random.seed(3)  # ddm_sdv draws its drifts from numpy's global generator
-    out = simulator(
+    out = ssms_simulator(
         theta=np.array([theta], dtype=np.float32),
         model=model,
         n_samples=n,
