@@ -11,7 +11,9 @@ share the sampler seed and settings. Prints, for every subject-level and pooled
 parameter, the gap |mean neural - mean exact| in exact posterior sd and the sd
 ratio (neural / exact), then each fit's wall time (sampling only: no posterior
 predictive or pointwise log-likelihood) and sampler health and the worst gap
-(target: under 0.3 sd everywhere, issue 19).
+(target: under 0.3 sd everywhere, issue 19). `full_ddm`'s exact fit is slow: its
+quadrature costs about 5 times the neural estimator per gradient, some 6 s per
+draw on two shared cores (docs/ssm.md); start it with few draws.
 """
 
 from __future__ import annotations
