@@ -209,6 +209,48 @@ def mnle_log_prob(
     The value is shifted and scaled as the network's config says (see
     `sbi_plugins.estimators.reduction`), with probability zero where its excess is
     not positive."""
+    z, logdet, choice, valid = _mnle_rows(net, theta, group_index, x, network)
+    total = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) + logdet + choice
+    return total if valid is None else _zero_where_invalid(total, valid)
+
+
+def mnle_log_cdf(
+    net: torch.nn.Module,
+    theta: Tensor,
+    group_index: Tensor,
+    x: Tensor,
+    network: Mapping[str, Any] | None = None,
+    upper: bool = False,
+) -> Tensor:
+    """log P(the row's choice, and a value below the row's value; above it with
+    `upper`) under the same estimator, `(..., rows)`. A one-dimensional flow is a
+    monotone map to its standard-normal base, so its distribution function is the
+    normal's at the mapped value, exactly (the `Likelihood` checks the direction
+    against the integrated density before using it). The upper tail is taken as
+    the normal's own, so a small probability keeps its digits. A value at or below
+    its shift has all the mass above it."""
+    z, _, choice, valid = _mnle_rows(net, theta, group_index, x, network)
+    total = torch.special.log_ndtr(-z if upper else z) + choice
+    if valid is None:
+        return total
+    below = choice if upper else torch.full_like(total, -math.inf)
+    return torch.where(valid, total, below)
+
+
+def _zero_where_invalid(total: Tensor, valid: Tensor) -> Tensor:
+    return torch.where(valid, total, torch.full_like(total, -math.inf))
+
+
+def _mnle_rows(
+    net: torch.nn.Module,
+    theta: Tensor,
+    group_index: Tensor,
+    x: Tensor,
+    network: Mapping[str, Any] | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Per row `(..., rows)`: the value mapped to the flow's base, the log of that
+    map's derivative (the flow's and the reduction's), the choice's
+    log-probability, and which rows have a positive excess (None: all)."""
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
     n = flat.shape[0]
@@ -262,11 +304,11 @@ def mnle_log_prob(
             out, step = transform(z[:, None])
             z = out[:, 0]
         logdet = logdet + step
-    base = -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
-    total = base + logdet + choice_table[cell]
     if jacobian is not None:
-        total = total + jacobian
-    total = total.reshape(*batch, rows)
-    if valid is None:
-        return total
-    return torch.where(valid, total, torch.full_like(total, -math.inf))
+        logdet = logdet + jacobian
+    return (
+        z.reshape(*batch, rows),
+        logdet.reshape(*batch, rows),
+        choice_table[cell].reshape(*batch, rows),
+        valid,
+    )
