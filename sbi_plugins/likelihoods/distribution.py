@@ -365,10 +365,7 @@ class Likelihood:
         maps time the other way round, or a changed internal, would not)."""
         if self._grouped is not grouped.mnle_log_prob:
             return False
-        gen = torch.Generator().manual_seed(1)
-        theta = self.low + (self.high - self.low) * torch.rand(
-            4, len(self.low), generator=gen, dtype=torch.float64
-        )
+        theta = self._box_points(4, seed=1)
         time_column, _ = decision_columns(self.simulator)
         onset, log_scale = time_frame(self.simulator, theta, time_column)
         deadline = onset + log_scale.exp() * torch.tensor([0.05, 0.3, 1.0, 3.0])
@@ -396,6 +393,13 @@ class Likelihood:
         )
         return False
 
+    def _box_points(self, count: int, seed: int) -> torch.Tensor:
+        """`count` parameter vectors drawn uniformly in the box, for self-checks."""
+        gen = torch.Generator().manual_seed(seed)
+        return self.low + (self.high - self.low) * torch.rand(
+            count, len(self.low), generator=gen, dtype=torch.float64
+        )
+
     def _choose_grouped_path(self):
         """The per-group path for this estimator, if it gives row-by-row numbers on
         a random check (a changed sbi internal would fail here, not silently); where
@@ -407,10 +411,7 @@ class Likelihood:
             candidate = grouped.mnle_log_prob
         else:
             return None
-        gen = torch.Generator().manual_seed(0)
-        theta = self.low + (self.high - self.low) * torch.rand(
-            3, len(self.low), generator=gen, dtype=torch.float64
-        )
+        theta = self._box_points(3, seed=0)
         index = torch.tensor([0, 1, 2, 1, 0, 2])
         rng = np.random.default_rng(0)
         x = torch.as_tensor(
