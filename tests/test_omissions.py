@@ -163,19 +163,23 @@ def test_omissions_have_finite_values_and_gradients_everywhere(exact):
     assert lp[0] > -1e-9 and lp[2] >= math.log(1e-10)
 
 
-def test_rows_are_scored_by_density_or_omission_in_their_order(exact):
-    theta = torch.tensor([[1.0, 1.0, 0.5, 0.3], [0.0, 1.5, 0.4, 0.2]])
-    theta = theta.double()
+@pytest.mark.parametrize("kind", ["exact", "neural"])
+def test_rows_are_scored_by_density_or_omission_in_their_order(ddm, kind):
+    """Decided rows and omissions scored together (for the network: in one pass)
+    give each row what it gets alone, in the data's order."""
+    lik = likelihood(ddm, exact=kind == "exact", progress=False)
+    theta = torch.tensor([[1.0, 1.0, 0.5, 0.3], [0.0, 1.5, 0.4, 0.2]]).double()
     x = torch.tensor([[0.6, 1.0], [np.nan, np.nan], [0.9, -1.0], [np.nan, np.nan]])
     cells = np.array([0, 1, 1, 0])
     omissions = Omissions.of(
         np.array([False, True, False, True]), np.array([1.0, 2.0, 1.0, 1.5]), cells
     )
-    lp = exact.log_prob_grouped(theta, torch.as_tensor(cells), x.double(), omissions)
-    density = exact.log_prob(theta[cells[[0, 2]]], x[[0, 2]].double())
-    omitted = exact.log_omitted(theta[[1, 0]], torch.tensor([2.0, 1.5]).double())
+    index = torch.as_tensor(cells)
+    lp = lik.log_prob_grouped(theta, index, x.double(), omissions)
+    density = lik.log_prob_grouped(theta, index[[0, 2]], x[[0, 2]].double())
+    omitted = lik.log_omitted(theta[[1, 0]], torch.tensor([2.0, 1.5]).double())
     want = torch.stack([density[0], omitted[0], density[1], omitted[1]])
-    assert torch.allclose(lp, want)
+    assert torch.allclose(lp, want, atol=1e-6)
 
 
 def test_a_lapse_never_explains_an_omission():

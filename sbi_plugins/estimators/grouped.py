@@ -202,43 +202,32 @@ def mnle_log_prob(
     group_index: Tensor,
     x: Tensor,
     network: Mapping[str, Any] | None = None,
+    tails: int = 0,
 ) -> Tensor:
     """Rows `(value, choice index)` under sbi's MixedDensityEstimator, theta of
     shape `(..., groups, P)`; returns `(..., rows)`. The networks see one context
     per (draw, group, choice) cell; each row only evaluates its cell's splines.
     The value is shifted and scaled as the network's config says (see
     `sbi_plugins.estimators.reduction`), with probability zero where its excess is
-    not positive."""
+    not positive.
+
+    The last `tails` rows get log P(their choice, and a value above theirs)
+    instead of the density (an omission at a deadline), in the same pass through
+    the networks. A one-dimensional flow is a monotone map to its standard-normal
+    base, so that is the normal's upper tail at the mapped value, exactly, with
+    its digits kept for small probabilities (the `Likelihood` checks the
+    direction against the integrated density before using it); a value at or
+    below its shift has all the choice's mass above it."""
     z, logdet, choice, valid = _mnle_rows(net, theta, group_index, x, network)
-    total = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) + logdet + choice
-    return total if valid is None else _zero_where_invalid(total, valid)
-
-
-def mnle_log_cdf(
-    net: torch.nn.Module,
-    theta: Tensor,
-    group_index: Tensor,
-    x: Tensor,
-    network: Mapping[str, Any] | None = None,
-    upper: bool = False,
-) -> Tensor:
-    """log P(the row's choice, and a value below the row's value; above it with
-    `upper`) under the same estimator, `(..., rows)`. A one-dimensional flow is a
-    monotone map to its standard-normal base, so its distribution function is the
-    normal's at the mapped value, exactly (the `Likelihood` checks the direction
-    against the integrated density before using it). The upper tail is taken as
-    the normal's own, so a small probability keeps its digits. A value at or below
-    its shift has all the mass above it."""
-    z, _, choice, valid = _mnle_rows(net, theta, group_index, x, network)
-    total = torch.special.log_ndtr(-z if upper else z) + choice
-    if valid is None:
-        return total
-    below = choice if upper else torch.full_like(total, -math.inf)
-    return torch.where(valid, total, below)
-
-
-def _zero_where_invalid(total: Tensor, valid: Tensor) -> Tensor:
-    return torch.where(valid, total, torch.full_like(total, -math.inf))
+    density = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) + logdet + choice
+    if valid is not None:
+        density = torch.where(valid, density, torch.full_like(density, -math.inf))
+    if not tails:
+        return density
+    tail = torch.special.log_ndtr(-z[..., -tails:]) + choice[..., -tails:]
+    if valid is not None:
+        tail = torch.where(valid[..., -tails:], tail, choice[..., -tails:])
+    return torch.cat([density[..., :-tails], tail], dim=-1)
 
 
 def _mnle_rows(

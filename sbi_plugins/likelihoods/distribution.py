@@ -311,12 +311,23 @@ class Likelihood:
         deadline) (see `sbi_plugins.likelihoods.omission`).
         """
         if omissions is not None:
-            decided = self.log_prob_grouped(
-                theta, group_index[omissions.decided], x[omissions.decided]
-            )
+            decided = x[omissions.decided]
+            if self._uses_flow_tail():  # the decided rows and tails in one pass
+                scores = self._flow_scores(
+                    theta,
+                    group_index[omissions.decided],
+                    decided,
+                    omissions.pair_cell,
+                    omissions.pair_deadline,
+                )
+                count = len(omissions.pair_cell)
+                return omissions.combine(
+                    scores[..., :-count], clamp_log_probability(scores[..., -count:])
+                )
+            lp = self.log_prob_grouped(theta, group_index[omissions.decided], decided)
             pairs = theta[..., omissions.pair_cell, :]
             omitted = self.log_omitted(pairs, omissions.pair_deadline)
-            return omissions.combine(decided, omitted.to(decided.dtype))
+            return omissions.combine(lp, omitted.to(lp.dtype))
         if self._grouped is not None:
             encoded = encode_choices(self.simulator, x.to(theta.dtype))
             lp = self._grouped(self._net, theta, group_index, encoded, self._network)
@@ -328,36 +339,49 @@ class Likelihood:
         `deadline` `(n,)`, from this likelihood's own density: the flow's exact
         tail where the per-group MNLE path allows, else the density integrated by
         quadrature (`sbi_plugins.likelihoods.omission`)."""
-        if self._omission_tail is None:
-            self._omission_tail = self._choose_omission_path()
-        if self._omission_tail:
-            return clamp_log_probability(self._flow_log_omitted(theta, deadline))
+        if self._uses_flow_tail():
+            index = torch.arange(len(deadline))
+            empty = torch.zeros(0, 2, dtype=theta.dtype)
+            return clamp_log_probability(
+                self._flow_scores(theta, index[:0], empty, index, deadline)
+            )
         return log_omission_probability(
             log_decision_probability(self.log_prob, self.simulator, theta, deadline)
         )
 
-    def _flow_log_omitted(
-        self, theta: torch.Tensor, deadline: torch.Tensor
+    def _uses_flow_tail(self) -> bool:
+        if self._omission_tail is None:
+            self._omission_tail = self._choose_omission_path()
+        return self._omission_tail
+
+    def _flow_scores(
+        self,
+        theta: torch.Tensor,
+        group_index: torch.Tensor,
+        x: torch.Tensor,
+        pair_group: torch.Tensor,
+        deadline: torch.Tensor,
     ) -> torch.Tensor:
-        """sum over choices of P(choice) P(time > deadline | choice), from the
-        flow's upper tail (no subtraction from 1: small omission probabilities
-        keep their digits)."""
+        """The densities of rows `x` (their groups' theta), then per (group,
+        deadline) pair log P(no response by the deadline): the sum over choices of
+        P(choice) P(time > deadline | choice) from the flow's upper tail, in one
+        pass through the networks (no subtraction from 1: small omission
+        probabilities keep their digits)."""
         time_column, choice_column = decision_columns(self.simulator)
         codes = self.simulator.observables[choice_column].codes
         pairs, choices = len(deadline), len(codes)
-        x = torch.zeros(pairs * choices, 2, dtype=theta.dtype)
-        x[:, time_column] = deadline.to(theta.dtype).repeat_interleave(choices)
-        x[:, choice_column] = torch.tensor(codes, dtype=theta.dtype).repeat(pairs)
-        index = torch.arange(pairs).repeat_interleave(choices)
-        tails = grouped.mnle_log_cdf(
-            self._net,
-            theta,
-            index,
-            encode_choices(self.simulator, x),
-            self._network,
-            upper=True,
+        tails = torch.zeros(pairs * choices, 2, dtype=theta.dtype)
+        tails[:, time_column] = deadline.to(theta.dtype).repeat_interleave(choices)
+        tails[:, choice_column] = torch.tensor(codes, dtype=theta.dtype).repeat(pairs)
+        rows = encode_choices(self.simulator, torch.cat([x.to(theta.dtype), tails]))
+        index = torch.cat([group_index, pair_group.repeat_interleave(choices)])
+        scores = grouped.mnle_log_prob(
+            self._net, theta, index, rows, self._network, tails=len(tails)
         ).to(theta.dtype)
-        return torch.logsumexp(tails.reshape(*tails.shape[:-1], pairs, choices), -1)
+        per_choice = scores[..., len(x) :].reshape(*scores.shape[:-1], pairs, choices)
+        return torch.cat(
+            [scores[..., : len(x)], torch.logsumexp(per_choice, dim=-1)], dim=-1
+        )
 
     def _choose_omission_path(self) -> bool:
         """Whether the flow's tail gives this estimator's omission probabilities:
@@ -371,7 +395,10 @@ class Likelihood:
         deadline = onset + log_scale.exp() * torch.tensor([0.05, 0.3, 1.0, 3.0])
         try:
             with torch.no_grad():
-                tail = self._flow_log_omitted(theta, deadline).exp()
+                index = torch.arange(len(deadline))
+                empty = torch.zeros(0, 2, dtype=theta.dtype)
+                tail = self._flow_scores(theta, index[:0], empty, index, deadline)
+                tail = tail.exp()
                 quadrature = log_omission_probability(
                     log_decision_probability(
                         self.log_prob, self.simulator, theta, deadline
