@@ -237,6 +237,10 @@ def test_cli_fits_with_a_deadline_and_the_netcdf_keeps_it(capsys, tmp_path, ddm)
     plot.plot_ppc(fit)
     plot.quantile_probability(fit)
     plt.close("all")
+    from sbi_plugins.report import write_report
+
+    page = write_report({"deadline": fit}, tmp_path / "report").read_text()
+    assert "without a response by the deadline" in page
 
 
 # -- fits -------------------------------------------------------------------------
