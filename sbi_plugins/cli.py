@@ -65,6 +65,17 @@ def parse_p_outlier(text: str | None) -> float | bool | None:
     return share or None
 
 
+def parse_deadline(text: str | None) -> float | str | None:
+    """`--deadline 1.5` (seconds for every trial) or `--deadline deadline` (a
+    column of per-trial deadlines); the data checks judge either."""
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_refine(text: str) -> str | bool | int:
     """`--refine auto|on|off|N` (N: at most N rounds)."""
     word = text.strip().lower()
@@ -196,6 +207,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         refine=parse_refine(args.refine),
         log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
         noncentered=not args.centered,
+        deadline=parse_deadline(args.deadline),
     )
     _write_netcdf(idata, out)
     import arviz as az
@@ -403,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="the pointwise log-likelihood for az.loo / compare: float32 (default, "
         "half the size), float64, or none (left out)",
+    )
+    p.add_argument(
+        "--deadline",
+        metavar="SECONDS|COLUMN",
+        help="trials ended without a response after this time: seconds, or a "
+        "column of per-trial deadlines (HSSM's 'deadline'); rows with rt empty or "
+        "-999 are then omissions, scored by the probability of no decision in time",
     )
     p.add_argument(
         "--centered",

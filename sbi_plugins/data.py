@@ -14,7 +14,28 @@ import numpy as np
 import pandas as pd
 
 from sbi_plugins.contract import Simulator
-from sbi_plugins.errors import DataError, describe_rows
+from sbi_plugins.errors import DataError, SbiPluginsError, describe_rows
+
+OMISSION_CODE = -999.0
+"""HSSM's code for a missing response time (`rt = -999` with a `deadline` column)."""
+DEADLINE_HINT = (
+    "if they are omissions (no response before a deadline), pass the deadline the "
+    "trials had: deadline=SECONDS (--deadline SECONDS), or deadline='column' naming "
+    "a column of per-trial deadlines (HSSM's 'deadline')"
+)
+
+
+def decision_columns(simulator: Simulator) -> tuple[int, int]:
+    """(response-time column, choice column) of a decision model, or an error: a
+    deadline needs one continuous time and one choice."""
+    kinds = [o.kind for o in simulator.observables]
+    if sorted(kinds) != ["choice", "continuous"]:
+        raise SbiPluginsError(
+            f"a deadline needs a simulator with one response time and one choice; "
+            f"{simulator.name!r} has observables "
+            f"{', '.join(f'{o.name} ({o.kind})' for o in simulator.observables)}"
+        )
+    return kinds.index("continuous"), kinds.index("choice")
 
 
 @dataclass
@@ -26,6 +47,17 @@ class PreparedData:
     group_labels: np.ndarray
     group_index: np.ndarray
     row_labels: np.ndarray
+    omitted: np.ndarray | None = None
+    """Rows that ended without a response (before their deadline); None: none."""
+    deadline: np.ndarray | None = None
+    """Each row's deadline in seconds (inf where a row has none); None: no deadline."""
+
+    @property
+    def decided(self) -> np.ndarray:
+        """Rows with a response (all rows without omissions)."""
+        if self.omitted is None:
+            return np.ones(len(self.x), dtype=bool)
+        return ~self.omitted
 
     @property
     def num_groups(self) -> int:
@@ -404,10 +436,15 @@ def condition_columns(
 
 
 def prepare_data(
-    data: pd.DataFrame | str | Path, simulator: Simulator, group: str | None
+    data: pd.DataFrame | str | Path,
+    simulator: Simulator,
+    group: str | None,
+    deadline: float | str | None = None,
 ) -> PreparedData:
     """Check the columns the simulator needs and code the groups 0..G-1 in order of
-    their sorted labels (the user's labels become coordinates)."""
+    their sorted labels (the user's labels become coordinates). With a `deadline`
+    (seconds, or the name of a column of per-trial deadlines) rows whose response
+    time is missing or -999 (HSSM's code) are omissions (see `mark_omissions`)."""
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
     if len(frame) == 0:
         raise DataError("the data have no rows")
@@ -420,20 +457,31 @@ def prepare_data(
             f"(the data have {', '.join(columns)})"
         )
     labels = frame.index.to_numpy()
+    omitted, deadlines = mark_omissions(frame, simulator, deadline)
     x = np.empty((len(frame), len(simulator.observables)))
     for j, name in enumerate(simulator.observable_names):
         values = pd.to_numeric(frame[name], errors="coerce")
         bad = values.isna().to_numpy() & frame[name].notna().to_numpy()
+        if omitted is not None:
+            bad &= ~omitted  # an omitted row's response is ignored
         if bad.any():
             raise DataError(
                 f"column {name!r} has non-numeric values at "
                 f"{describe_rows(bad, labels)}"
             )
         x[:, j] = values.to_numpy(dtype=float)
+    if omitted is not None:
+        x[omitted] = np.nan
     x = accept_choice_indices(simulator, x)
     if group is None:
         return PreparedData(
-            x, None, np.array(["all"]), np.zeros(len(frame), dtype=np.int64), labels
+            x,
+            None,
+            np.array(["all"]),
+            np.zeros(len(frame), dtype=np.int64),
+            labels,
+            omitted,
+            deadlines,
         )
     if group not in frame.columns:
         raise DataError(
@@ -447,4 +495,94 @@ def prepare_data(
             f"group column {group!r} is empty at {describe_rows(bad, labels)}"
         )
     codes, uniques = pd.factorize(groups, sort=True)
-    return PreparedData(x, group, np.asarray(uniques), codes.astype(np.int64), labels)
+    return PreparedData(
+        x,
+        group,
+        np.asarray(uniques),
+        codes.astype(np.int64),
+        labels,
+        omitted,
+        deadlines,
+    )
+
+
+def _deadlines(
+    frame: pd.DataFrame, deadline: float | str, labels: np.ndarray
+) -> np.ndarray:
+    """Each row's deadline in seconds (inf where a deadline column is empty)."""
+    if isinstance(deadline, str):
+        if deadline not in frame.columns:
+            columns = ", ".join(str(c) for c in frame.columns)
+            raise DataError(
+                f"deadline column {deadline!r} is not in the data (the data have "
+                f"{columns}); give a column name or a number of seconds"
+            )
+        values = pd.to_numeric(frame[deadline], errors="coerce").to_numpy(float)
+        bad = np.isnan(values) & frame[deadline].notna().to_numpy()
+        if bad.any():
+            raise DataError(
+                f"deadline column {deadline!r} has non-numeric values at "
+                f"{describe_rows(bad, labels)}"
+            )
+        bad = ~np.isnan(values) & ~(values > 0)
+        if bad.any():
+            raise DataError(
+                f"deadline column {deadline!r} must hold positive seconds; found "
+                f"{values[bad][0]:g} at {describe_rows(bad, labels)}"
+            )
+        return np.where(np.isnan(values), np.inf, values)
+    try:
+        seconds = float(deadline)
+    except (TypeError, ValueError):
+        seconds = np.nan
+    if not seconds > 0:
+        raise DataError(
+            f"deadline must be a positive number of seconds or a column name, got "
+            f"{deadline!r}"
+        )
+    return np.full(len(frame), seconds)
+
+
+def mark_omissions(
+    frame: pd.DataFrame, simulator: Simulator, deadline: float | str | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(omitted rows, each row's deadline) for a fit with a deadline: a row whose
+    response time is empty or -999 is an omission; a response at or after its
+    deadline is an error. Without a deadline, -999 is refused with the hint to give
+    one (an empty response time is refused later, with the same hint)."""
+    labels = frame.index.to_numpy()
+    try:
+        time_column, _ = decision_columns(simulator)
+    except SbiPluginsError as exc:
+        if deadline is None:
+            return None, None
+        raise DataError(str(exc)) from None
+    time = simulator.observable_names[time_column]
+    raw = frame[time]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+    if deadline is None:
+        bad = values == OMISSION_CODE
+        if bad.any():
+            raise DataError(
+                f"column {time!r} is -999 (HSSM's code for an omission) at "
+                f"{describe_rows(bad, labels)}; {DEADLINE_HINT}"
+            )
+        return None, None
+    deadlines = _deadlines(frame, deadline, labels)
+    omitted = raw.isna().to_numpy() | (values == OMISSION_CODE)
+    bad = omitted & ~np.isfinite(deadlines)
+    if bad.any():
+        raise DataError(
+            f"omissions ({time!r} empty or -999) at {describe_rows(bad, labels)} "
+            f"have no deadline in column {deadline!r}; give each its deadline"
+        )
+    late = ~omitted & (values >= deadlines)
+    if late.any():
+        first = np.flatnonzero(late)[0]
+        raise DataError(
+            f"column {time!r} is at or after its deadline at "
+            f"{describe_rows(late, labels)} (e.g. {values[first]:g} s against "
+            f"{deadlines[first]:g} s): a response after the deadline cannot have "
+            "been recorded; check the deadline (seconds) or those rows"
+        )
+    return omitted, deadlines

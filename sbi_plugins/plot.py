@@ -409,6 +409,7 @@ def _draw_ppc_row(
             ax.set_xlabel(value)
         axes[0].set_ylabel("density x share of response")
         axes[0].legend(fontsize="small")
+        _note_omissions(axes[-1], observed[choice], predicted[choice])
         return
     for ax, (name, kind) in zip(axes, kinds.items(), strict=True):
         edges = _edges(observed[name], predicted[name], discrete=kind != "continuous")
@@ -428,6 +429,24 @@ def _draw_ppc_row(
             fontsize="medium",
         )
     axes[0].legend(fontsize="small")
+
+
+def _note_omissions(ax: plt.Axes, observed: np.ndarray, predicted: np.ndarray) -> None:
+    """Where trials ended without a response (a deadline), their share observed
+    and predicted, in the panel's corner: the panels' shares leave it out."""
+    observed_rate = float(np.isnan(observed).mean()) if len(observed) else 0.0
+    predicted_rate = float(np.isnan(predicted).mean()) if predicted.size else 0.0
+    if observed_rate or predicted_rate >= 0.005:
+        ax.text(
+            0.98,
+            0.95,
+            f"no response: observed {observed_rate:.0%}, "
+            f"predicted {predicted_rate:.0%}",
+            transform=ax.transAxes,
+            ha="right",
+            va="top",
+            fontsize="small",
+        )
 
 
 def quantile_probability(

@@ -231,6 +231,48 @@ def quantile_table(
     return table
 
 
+def omission_table(
+    idata: az.InferenceData,
+    by: str | None = None,
+    *,
+    source: str = "posterior_predictive",
+    hdi_prob: float = 0.94,
+    max_draws: int = 200,
+    seed: int = 0,
+) -> pd.DataFrame | None:
+    """One row per condition: the share of trials without a response (omitted at
+    a deadline), observed and in the simulated data sets (mean and central
+    `hdi_prob` interval); None where neither the data nor the simulations have
+    any."""
+    simulated = predictive_group(idata, source)
+    _, time = response_columns(idata)
+    condition = condition_labels(idata, by)
+    conditions = condition_order(idata, by, condition)
+    observed = np.isnan(np.asarray(idata.observed_data[time].values, dtype=float))
+    predicted = _flat_draws(simulated[time].values)
+    predicted = np.isnan(predicted[pick_draws(len(predicted), max_draws, seed)])
+    if not observed.any() and not predicted.any():
+        return None
+    tail = (1 - hdi_prob) / 2
+    rows = []
+    for c in conditions:
+        here = condition == c
+        rates = predicted[:, here].mean(axis=1)
+        low, high = np.quantile(rates, [tail, 1 - tail])
+        rows.append(
+            {
+                "condition": c,
+                "observed": observed[here].mean(),
+                "predicted": rates.mean(),
+                "low": low,
+                "high": high,
+            }
+        )
+    table = pd.DataFrame(rows)
+    table.attrs.update(by=by or "", source=predictive_source(source))
+    return table
+
+
 def predictive_source(source: str) -> str:
     """The group `source` names: a predictive group, or "posterior"/"prior" for
     short (as a user types it)."""

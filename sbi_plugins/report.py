@@ -29,6 +29,7 @@ from sbi_plugins.quantiles import (
     condition_labels,
     default_condition,
     group_labels,
+    omission_table,
     quantile_table,
     response_columns,
     source_label,
@@ -371,7 +372,29 @@ def _predictive_section(
         ),
     )
     parts.append(_quantile_table_html(name, table, by))
+    omissions = omission_table(idata, by, source=source)
+    if omissions is not None:
+        parts.append(_omission_table_html(name, omissions, by))
     return "\n".join(parts)
+
+
+def _omission_table_html(name: str, table: pd.DataFrame, by: str | None) -> str:
+    """Observed share of omitted trials per condition [94% interval simulated]."""
+    rows = []
+    for _, r in table.iterrows():
+        inside = r["low"] <= r["observed"] <= r["high"]
+        rows.append(
+            f"<tr>{_cell(r['condition'], text=True)}"
+            f"{_cell(f'{r.observed:.1%} [{r.low:.1%}, {r.high:.1%}]', bad=not inside)}"
+            "</tr>"
+        )
+    return (
+        f"<table class='quantiles'><caption>{html.escape(name)}: share of trials "
+        f"without a response by the deadline, observed [94% interval of the "
+        f"{source_label(table.attrs['source'])}]</caption><tr>"
+        f"<th>{html.escape(by or 'condition')}</th><th>omitted</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
 
 
 def _check_condition(fits: Mapping[str, az.InferenceData], by: str) -> None:

@@ -74,6 +74,7 @@ def fit(
     refine: RefineRequest = "auto",
     log_likelihood: bool | str = True,
     noncentered: bool = True,
+    deadline: float | str | None = None,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data (NUTS by default).
 
@@ -128,6 +129,12 @@ def fit(
     standard-normal offsets per group, as Bambi and HSSM do (the posterior is the
     same; NUTS avoids the funnel of small spreads). False samples each group's value
     directly; the groups' values are in the posterior either way.
+
+    `deadline`: the time (seconds), or the name of a column of per-trial times
+    (HSSM's `deadline`), after which a trial ended without a response. Rows whose
+    response time is empty or -999 are then omissions, scored by the probability of
+    no decision by their deadline (`sbi_plugins.likelihoods.omission`); the
+    predictive censors simulated trials at the same deadlines.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -145,18 +152,20 @@ def fit(
     refinement_plan(refine, 0, None)  # a bad request is refused before any work
     prior_draws = prior_predictive_draws(prior_predictive)
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
-    prepared = prepare_data(frame, sim, group)
+    prepared = prepare_data(frame, sim, group, deadline)
     lapse = make_lapse(p_outlier, sim, prepared.x)
     parameters = plan_model(sim, frame, group, pooling, formulas, priors, noncentered)
     # the data's own checks first: no estimator is trained for data that cannot fit
-    check_observations(sim, None, prepared.x, prepared.row_labels)
-    check_explainable(sim, prepared.x, prepared.row_labels, lapse is not None)
+    decided_x = prepared.x[prepared.decided]
+    decided_labels = prepared.row_labels[prepared.decided]
+    check_observations(sim, None, decided_x, decided_labels)
+    check_explainable(sim, decided_x, decided_labels, lapse is not None)
     if likelihood == "exact":
         lik = Likelihood(sim)
     else:
         lik = Likelihood(sim, resolve_estimator(sim, estimator, progress=progress))
     if not lik.exact:
-        check_observations(sim, lik.estimator, prepared.x, prepared.row_labels)
+        check_observations(sim, lik.estimator, decided_x, decided_labels)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
     settings = Settings(
@@ -185,7 +194,8 @@ def fit(
         sample,
         plan,
         lik.estimator,
-        build_model(parameters, prepared, lik, lapse)[0].attrs(),
+        build_model(parameters, prepared, lik, lapse)[0].attrs()
+        | deadline_attrs(deadline, prepared),
         prepared,
         seed,
         cores,
@@ -230,6 +240,7 @@ def fit(
         "versions": json.dumps(package_versions()),
         "domain_warnings": json.dumps(edge_warnings),
         "p_outlier": "" if lapse is None else lapse.describe(),
+        **deadline_attrs(deadline, prepared),
         "estimator_check": json.dumps(check, sort_keys=True),
         "refinement": "" if record is None else json.dumps(record, sort_keys=True),
     }
@@ -246,6 +257,7 @@ def fit(
             lapse,
             share,
             dtype=log_likelihood_dtype,
+            omissions=model.omissions,
         ),
         posterior_predictive=simulate_predictive(
             sim,
@@ -268,6 +280,17 @@ def fit(
         prior_predictive=simulated_prior,
         conditions=condition_columns(frame, sim, group),
     )
+
+
+def deadline_attrs(
+    deadline: float | str | None, prepared: PreparedData
+) -> dict[str, Any]:
+    """What attrs record of a deadline: the seconds or the column, and how many
+    rows are omissions."""
+    if deadline is None:
+        return {"deadline": ""}
+    described = f"column {deadline!r}" if isinstance(deadline, str) else f"{deadline:g}"
+    return {"deadline": described, "omissions": int(prepared.omitted.sum())}
 
 
 @dataclasses.dataclass

@@ -202,13 +202,44 @@ def mnle_log_prob(
     group_index: Tensor,
     x: Tensor,
     network: Mapping[str, Any] | None = None,
+    tails: int = 0,
 ) -> Tensor:
     """Rows `(value, choice index)` under sbi's MixedDensityEstimator, theta of
     shape `(..., groups, P)`; returns `(..., rows)`. The networks see one context
     per (draw, group, choice) cell; each row only evaluates its cell's splines.
     The value is shifted and scaled as the network's config says (see
     `sbi_plugins.estimators.reduction`), with probability zero where its excess is
-    not positive."""
+    not positive.
+
+    The last `tails` rows get log P(their choice, and a value above theirs)
+    instead of the density (an omission at a deadline), in the same pass through
+    the networks. A one-dimensional flow is a monotone map to its standard-normal
+    base, so that is the normal's upper tail at the mapped value, exactly, with
+    its digits kept for small probabilities (the `Likelihood` checks the
+    direction against the integrated density before using it); a value at or
+    below its shift has all the choice's mass above it."""
+    z, logdet, choice, valid = _mnle_rows(net, theta, group_index, x, network)
+    density = -0.5 * z**2 - 0.5 * math.log(2 * math.pi) + logdet + choice
+    if valid is not None:
+        density = torch.where(valid, density, torch.full_like(density, -math.inf))
+    if not tails:
+        return density
+    tail = torch.special.log_ndtr(-z[..., -tails:]) + choice[..., -tails:]
+    if valid is not None:
+        tail = torch.where(valid[..., -tails:], tail, choice[..., -tails:])
+    return torch.cat([density[..., :-tails], tail], dim=-1)
+
+
+def _mnle_rows(
+    net: torch.nn.Module,
+    theta: Tensor,
+    group_index: Tensor,
+    x: Tensor,
+    network: Mapping[str, Any] | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Per row `(..., rows)`: the value mapped to the flow's base, the log of that
+    map's derivative (the flow's and the reduction's), the choice's
+    log-probability, and which rows have a positive excess (None: all)."""
     batch, groups = theta.shape[:-2], theta.shape[-2]
     flat = theta.reshape(-1, theta.shape[-1]).float()
     n = flat.shape[0]
@@ -262,11 +293,11 @@ def mnle_log_prob(
             out, step = transform(z[:, None])
             z = out[:, 0]
         logdet = logdet + step
-    base = -0.5 * z**2 - 0.5 * math.log(2 * math.pi)
-    total = base + logdet + choice_table[cell]
     if jacobian is not None:
-        total = total + jacobian
-    total = total.reshape(*batch, rows)
-    if valid is None:
-        return total
-    return torch.where(valid, total, torch.full_like(total, -math.inf))
+        logdet = logdet + jacobian
+    return (
+        z.reshape(*batch, rows),
+        logdet.reshape(*batch, rows),
+        choice_table[cell].reshape(*batch, rows),
+        valid,
+    )

@@ -32,6 +32,7 @@ from torch import Tensor
 from sbi_plugins.data import PreparedData
 from sbi_plugins.errors import DataError, describe_rows
 from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.likelihoods.omission import Omissions
 
 if TYPE_CHECKING:
     from sbi_plugins.model.model import HierarchicalModel
@@ -55,6 +56,7 @@ class StartProblem:
     row_labels: np.ndarray
     group_labels: np.ndarray
     group_name: str
+    omissions: Omissions | None = None
 
 
 def log_density(model: Callable[..., None], kwargs: Mapping[str, Any], values) -> float:
@@ -74,6 +76,7 @@ def explain_failure(problem: StartProblem, start: Mapping[str, Tensor]) -> str:
             theta,
             torch.as_tensor(problem.index),
             torch.as_tensor(problem.x, dtype=torch.float64),
+            problem.omissions,
         ).numpy()
     bad = ~np.isfinite(lp)
     if not bad.any():
@@ -149,4 +152,5 @@ def start_problem(
         data.row_labels,
         cells.labels,
         cells.name,
+        model.omissions,
     )

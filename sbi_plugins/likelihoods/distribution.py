@@ -22,10 +22,18 @@ from sbi.utils.pyroutils import to_pyro_distribution
 from torch.distributions import constraints
 
 from sbi_plugins.contract import Observable, Simulator
+from sbi_plugins.data import DEADLINE_HINT, decision_columns
 from sbi_plugins.errors import DataError, SbiPluginsError, describe_rows
 from sbi_plugins.estimators import grouped, reduction
 from sbi_plugins.estimators.artifact import TrainedEstimator
 from sbi_plugins.estimators.sbi_internals import check_sbi_internals, sbi_version
+from sbi_plugins.likelihoods.omission import (
+    Omissions,
+    clamp_log_probability,
+    log_decision_probability,
+    log_omission_probability,
+    time_frame,
+)
 
 
 def encode_choices(simulator: Simulator, x: torch.Tensor) -> torch.Tensor:
@@ -53,9 +61,12 @@ def check_observations(
         column = np.asarray(x[:, j], dtype=float)
         bad = ~np.isfinite(column)
         if bad.any():
+            hint = ""
+            if obs.kind == "continuous" and _is_decision_model(simulator):
+                hint = f"; {DEADLINE_HINT}"
             raise DataError(
                 f"column {obs.name!r} has missing or non-finite values at "
-                f"{describe_rows(bad, labels)}; drop or fix those rows"
+                f"{describe_rows(bad, labels)}; drop or fix those rows{hint}"
             )
         if obs.kind == "count":
             bad = (column < 0) | (column != np.round(column))
@@ -104,6 +115,14 @@ def check_observations(
                 f"{outside}; check the data, or retrain on a wider parameter "
                 "domain (`sbi-plugins train`)"
             )
+
+
+def _is_decision_model(simulator: Simulator) -> bool:
+    try:
+        decision_columns(simulator)
+    except SbiPluginsError:
+        return False
+    return True
 
 
 def _one_based_hint(obs: Observable, column: np.ndarray) -> str:
@@ -178,7 +197,8 @@ class GroupedRows(dist.TorchDistribution):
     """Data rows whose parameters are their group's: `theta` is `(groups, params)`,
     `group_index` maps each row to its group. Scoring goes through
     `Likelihood.log_prob_grouped`, which may evaluate the network once per group
-    rather than once per row; a group outside the training box scores -inf."""
+    rather than once per row; a group outside the training box scores -inf.
+    `omissions`: rows scored by their probability of no response by a deadline."""
 
     arg_constraints: dict = {}
 
@@ -187,8 +207,10 @@ class GroupedRows(dist.TorchDistribution):
         likelihood: Likelihood,
         theta: torch.Tensor,
         group_index: torch.Tensor,
+        omissions: Omissions | None = None,
     ):
         self.likelihood, self.theta, self.group_index = likelihood, theta, group_index
+        self.omissions = omissions
         low, high = likelihood.low.to(theta.dtype), likelihood.high.to(theta.dtype)
         self.inside = ((theta >= low) & (theta <= high)).all(-1)[..., group_index]
         self.safe = torch.minimum(torch.maximum(theta, low), high)
@@ -199,7 +221,9 @@ class GroupedRows(dist.TorchDistribution):
         return constraints.independent(constraints.real, 1)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        lp = self.likelihood.log_prob_grouped(self.safe, self.group_index, x)
+        lp = self.likelihood.log_prob_grouped(
+            self.safe, self.group_index, x, self.omissions
+        )
         return torch.where(self.inside, lp, torch.full_like(lp, -math.inf))
 
 
@@ -251,6 +275,9 @@ class Likelihood:
             check_sbi_internals()
         self._network = {} if self.exact else estimator.metadata["network"]
         self._grouped = None if self.exact else self._choose_grouped_path()
+        self._omission_tail: bool | None = None
+        """Omissions from the flow's tail (True) or by quadrature; None: not yet
+        decided (decided on first use, so fits without a deadline never pay)."""
 
     @property
     def name(self) -> str:
@@ -269,19 +296,136 @@ class Likelihood:
         return torch.where(valid, lp, torch.full_like(lp, -math.inf))
 
     def log_prob_grouped(
-        self, theta: torch.Tensor, group_index: torch.Tensor, x: torch.Tensor
+        self,
+        theta: torch.Tensor,
+        group_index: torch.Tensor,
+        x: torch.Tensor,
+        omissions: Omissions | None = None,
     ) -> torch.Tensor:
         """log p(row | its group's theta) for `theta` of shape `(..., groups, P)`.
 
         Where the estimator allows (one count; MNLE with one continuous value) the
         network runs once per group rather than once per row: same numbers, a
-        fraction of the cost (see `sbi_plugins.estimators.grouped`).
+        fraction of the cost (see `sbi_plugins.estimators.grouped`). `omissions`:
+        those rows score log P(no response by their deadline), once per (group,
+        deadline) (see `sbi_plugins.likelihoods.omission`).
         """
+        if omissions is not None:
+            decided = x[omissions.decided]
+            if self._uses_flow_tail():  # the decided rows and tails in one pass
+                scores = self._flow_scores(
+                    theta,
+                    group_index[omissions.decided],
+                    decided,
+                    omissions.pair_cell,
+                    omissions.pair_deadline,
+                )
+                count = len(omissions.pair_cell)
+                return omissions.combine(
+                    scores[..., :-count], clamp_log_probability(scores[..., -count:])
+                )
+            lp = self.log_prob_grouped(theta, group_index[omissions.decided], decided)
+            pairs = theta[..., omissions.pair_cell, :]
+            omitted = self.log_omitted(pairs, omissions.pair_deadline)
+            return omissions.combine(lp, omitted.to(lp.dtype))
         if self._grouped is not None:
             encoded = encode_choices(self.simulator, x.to(theta.dtype))
             lp = self._grouped(self._net, theta, group_index, encoded, self._network)
             return lp.to(theta.dtype)
         return self.log_prob(theta[..., group_index, :], x)
+
+    def log_omitted(self, theta: torch.Tensor, deadline: torch.Tensor) -> torch.Tensor:
+        """log P(no response by `deadline` | theta), `theta` `(..., n, P)` and
+        `deadline` `(n,)`, from this likelihood's own density: the flow's exact
+        tail where the per-group MNLE path allows, else the density integrated by
+        quadrature (`sbi_plugins.likelihoods.omission`)."""
+        if self._uses_flow_tail():
+            index = torch.arange(len(deadline))
+            empty = torch.zeros(0, 2, dtype=theta.dtype)
+            return clamp_log_probability(
+                self._flow_scores(theta, index[:0], empty, index, deadline)
+            )
+        return log_omission_probability(
+            log_decision_probability(self.log_prob, self.simulator, theta, deadline)
+        )
+
+    def _uses_flow_tail(self) -> bool:
+        if self._omission_tail is None:
+            self._omission_tail = self._choose_omission_path()
+        return self._omission_tail
+
+    def _flow_scores(
+        self,
+        theta: torch.Tensor,
+        group_index: torch.Tensor,
+        x: torch.Tensor,
+        pair_group: torch.Tensor,
+        deadline: torch.Tensor,
+    ) -> torch.Tensor:
+        """The densities of rows `x` (their groups' theta), then per (group,
+        deadline) pair log P(no response by the deadline): the sum over choices of
+        P(choice) P(time > deadline | choice) from the flow's upper tail, in one
+        pass through the networks (no subtraction from 1: small omission
+        probabilities keep their digits)."""
+        time_column, choice_column = decision_columns(self.simulator)
+        codes = self.simulator.observables[choice_column].codes
+        pairs, choices = len(deadline), len(codes)
+        tails = torch.zeros(pairs * choices, 2, dtype=theta.dtype)
+        tails[:, time_column] = deadline.to(theta.dtype).repeat_interleave(choices)
+        tails[:, choice_column] = torch.tensor(codes, dtype=theta.dtype).repeat(pairs)
+        rows = encode_choices(self.simulator, torch.cat([x.to(theta.dtype), tails]))
+        index = torch.cat([group_index, pair_group.repeat_interleave(choices)])
+        scores = grouped.mnle_log_prob(
+            self._net, theta, index, rows, self._network, tails=len(tails)
+        ).to(theta.dtype)
+        per_choice = scores[..., len(x) :].reshape(*scores.shape[:-1], pairs, choices)
+        return torch.cat(
+            [scores[..., : len(x)], torch.logsumexp(per_choice, dim=-1)], dim=-1
+        )
+
+    def _choose_omission_path(self) -> bool:
+        """Whether the flow's tail gives this estimator's omission probabilities:
+        it must agree with the integrated density at random points (a flow that
+        maps time the other way round, or a changed internal, would not)."""
+        if self._grouped is not grouped.mnle_log_prob:
+            return False
+        theta = self._box_points(4, seed=1)
+        time_column, _ = decision_columns(self.simulator)
+        onset, log_scale = time_frame(self.simulator, theta, time_column)
+        deadline = onset + log_scale.exp() * torch.tensor([0.05, 0.3, 1.0, 3.0])
+        try:
+            with torch.no_grad():
+                index = torch.arange(len(deadline))
+                empty = torch.zeros(0, 2, dtype=theta.dtype)
+                tail = self._flow_scores(theta, index[:0], empty, index, deadline)
+                tail = tail.exp()
+                quadrature = log_omission_probability(
+                    log_decision_probability(
+                        self.log_prob, self.simulator, theta, deadline
+                    )
+                ).exp()
+            error = float((tail - quadrature).abs().max())
+            # the two differ by the learned mass below the quadrature's lower end
+            # (under 0.005 for the shipped DDM); a reversed map is off by ~1
+            if error < 0.02:
+                return True
+            reason = f"off by up to {error:.2g} in probability"
+        except Exception as exc:  # an sbi/nflows internal changed
+            reason = f"it failed with {type(exc).__name__}: {exc}"
+        warnings.warn(
+            f"{self.simulator.name}: the flow's tail does not reproduce the "
+            f"integrated density ({reason}); omission probabilities by quadrature "
+            "(same numbers, slower)",
+            stacklevel=3,
+        )
+        return False
+
+    def _box_points(self, count: int, seed: int) -> torch.Tensor:
+        """`count` parameter vectors drawn uniformly in the box, for self-checks."""
+        gen = torch.Generator().manual_seed(seed)
+        return self.low + (self.high - self.low) * torch.rand(
+            count, len(self.low), generator=gen, dtype=torch.float64
+        )
 
     def _choose_grouped_path(self):
         """The per-group path for this estimator, if it gives row-by-row numbers on
@@ -294,10 +438,7 @@ class Likelihood:
             candidate = grouped.mnle_log_prob
         else:
             return None
-        gen = torch.Generator().manual_seed(0)
-        theta = self.low + (self.high - self.low) * torch.rand(
-            3, len(self.low), generator=gen, dtype=torch.float64
-        )
+        theta = self._box_points(3, seed=0)
         index = torch.tensor([0, 1, 2, 1, 0, 2])
         rng = np.random.default_rng(0)
         x = torch.as_tensor(
@@ -324,9 +465,14 @@ class Likelihood:
         )
         return None
 
-    def rows(self, theta: torch.Tensor, group_index: torch.Tensor) -> GroupedRows:
+    def rows(
+        self,
+        theta: torch.Tensor,
+        group_index: torch.Tensor,
+        omissions: Omissions | None = None,
+    ) -> GroupedRows:
         """The distribution of all data rows given per-group parameters."""
-        return GroupedRows(self, theta, group_index)
+        return GroupedRows(self, theta, group_index, omissions)
 
     def _check(self, x: torch.Tensor) -> None:
         """Check observations once per tensor (NUTS scores the same data thousands

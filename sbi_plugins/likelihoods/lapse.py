@@ -45,6 +45,8 @@ class LapseDistribution:
 
     @classmethod
     def from_data(cls, simulator: Simulator, x: np.ndarray) -> LapseDistribution:
+        """From the rows with a response (omitted rows' NaN left out)."""
+        x = x[np.isfinite(x).all(axis=1)]
         lows, highs = np.min(x, axis=0), np.max(x, axis=0)
         return cls(
             tuple(float(v) for v in lows),
@@ -165,15 +167,23 @@ def make_lapse(
     return Lapse(distribution, fixed=share)
 
 
-def mix(model_log_prob: Tensor, lapse_log_density: float, share: Tensor) -> Tensor:
+def mix(
+    model_log_prob: Tensor,
+    lapse_log_density: float,
+    share: Tensor,
+    omitted: Tensor | None = None,
+) -> Tensor:
     """log((1 - p) p_model + p p_lapse), per row; `share` broadcasts from the left
-    (one value per draw, or a scalar)."""
+    (one value per draw, or a scalar). `omitted` rows (no response by a deadline)
+    get log((1 - p) P_model(omission)): a lapse is a response drawn from the lapse
+    distribution, which lies before the deadline, so it never explains an
+    omission."""
     share = share.to(model_log_prob.dtype)
     while share.dim() and share.dim() < model_log_prob.dim():
         share = share.unsqueeze(-1)
-    return torch.logaddexp(
-        torch.log1p(-share) + model_log_prob, torch.log(share) + lapse_log_density
-    )
+    kept = torch.log1p(-share) + model_log_prob
+    mixed = torch.logaddexp(kept, torch.log(share) + lapse_log_density)
+    return mixed if omitted is None else torch.where(omitted, kept, mixed)
 
 
 class LapseMixture(dist.TorchDistribution):
@@ -182,8 +192,15 @@ class LapseMixture(dist.TorchDistribution):
 
     arg_constraints: dict = {}
 
-    def __init__(self, rows: Distribution, share: Tensor, lapse_log_density: float):
+    def __init__(
+        self,
+        rows: Distribution,
+        share: Tensor,
+        lapse_log_density: float,
+        omitted: Tensor | None = None,
+    ):
         self.rows, self.share, self.lapse_log_density = rows, share, lapse_log_density
+        self.omitted = omitted
         super().__init__(rows.batch_shape, rows.event_shape, validate_args=False)
 
     @constraints.dependent_property(is_discrete=False, event_dim=1)
@@ -191,7 +208,9 @@ class LapseMixture(dist.TorchDistribution):
         return constraints.independent(constraints.real, 1)
 
     def log_prob(self, x: Tensor) -> Tensor:
-        return mix(self.rows.log_prob(x), self.lapse_log_density, self.share)
+        return mix(
+            self.rows.log_prob(x), self.lapse_log_density, self.share, self.omitted
+        )
 
 
 def share_draws(

@@ -29,6 +29,7 @@ from sbi_plugins.contract import PopulationPrior, Simulator
 from sbi_plugins.data import PreparedData
 from sbi_plugins.likelihoods.lapse import SITE as LAPSE_SITE
 from sbi_plugins.likelihoods.lapse import Lapse, LapseMixture
+from sbi_plugins.likelihoods.omission import Omissions
 from sbi_plugins.model.distributions import as_pyro
 from sbi_plugins.model.formulas import (
     ParameterFormula,
@@ -131,8 +132,11 @@ class HierarchicalModel:
         lapse: Lapse | None = None,
         ceilings: Mapping[str, np.ndarray] | None = None,
         start_ceilings: Mapping[str, np.ndarray] | None = None,
+        omissions: Omissions | None = None,
     ) -> None:
         self.parameters = parameters
+        self.omissions = omissions
+        """Rows without a response by their deadline, scored as such (None: none)."""
         self.cells = cells
         self.num_groups = num_groups
         self.group_dim = group_dim
@@ -175,14 +179,19 @@ class HierarchicalModel:
     ) -> None:
         """The model, once: parameters, the lapse share, the rows."""
         theta = self.cell_parameters(self.sample_parameters(sites))
-        rows = likelihood.rows(theta, cell_index)
+        rows = likelihood.rows(theta, cell_index, self.omissions)
         if self.lapse is not None:
             share = (
                 torch.tensor(self.lapse.fixed, dtype=torch.float64)
                 if self._share_prior is None
                 else sites.sample(LAPSE_SITE, self._share_prior)
             )
-            rows = LapseMixture(rows, share, self.lapse.distribution.log_density)
+            rows = LapseMixture(
+                rows,
+                share,
+                self.lapse.distribution.log_density,
+                None if self.omissions is None else self.omissions.mask,
+            )
         sites.observe(site, rows, x)
 
     def sample_parameters(
@@ -334,15 +343,20 @@ def build_model(
     run with (data rows, each row's cell, the likelihood, the rows' site name)."""
     simulator = likelihood.simulator
     cells = Cells.of(parameters, data)
+    decided = data.decided
     ceilings = None
     if lapse is None:
         ceilings = shift_ceilings(
-            simulator, data.x, data.group_index, data.num_groups, lapses=False
+            simulator,
+            data.x[decided],
+            data.group_index[decided],
+            data.num_groups,
+            lapses=False,
         )
     start_ceilings = shift_ceilings(
         simulator,
-        data.x,
-        data.group_index,
+        data.x[decided],
+        data.group_index[decided],
         data.num_groups,
         lapses=lapse is not None,
     )
@@ -354,6 +368,7 @@ def build_model(
         lapse,
         ceilings,
         start_ceilings,
+        Omissions.of(data.omitted, data.deadline, cells.index),
     )
     return model, {
         "x": torch.as_tensor(data.x, dtype=torch.float64),

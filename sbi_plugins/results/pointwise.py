@@ -9,6 +9,7 @@ import torch
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.likelihoods.distribution import Likelihood
 from sbi_plugins.likelihoods.lapse import Lapse, mix
+from sbi_plugins.likelihoods.omission import Omissions
 from sbi_plugins.results.predictive import draw_batches
 
 
@@ -34,12 +35,14 @@ def pointwise_log_likelihood(
     lapse: Lapse | None = None,
     share: np.ndarray | None = None,
     dtype: type[np.floating] = np.float32,
+    omissions: Omissions | None = None,
 ) -> np.ndarray:
     """log p(row | its cell's parameters) for every draw and row, `theta` of shape
     `(chain, draw, cell, parameter)`, mixed with the lapse distribution at each
     draw's `p_outlier` where the model has lapses. Scored per cell where the
     likelihood allows (the networks run once per draw and cell, not once per draw
-    and row), in batches of draws, computed in float64 and stored as `dtype`."""
+    and row), in batches of draws, computed in float64 and stored as `dtype`.
+    `omissions`' rows score their probability of no response by the deadline."""
     chains, draws = theta.shape[:2]
     flat = theta.reshape(chains * draws, *theta.shape[2:])
     rows = torch.as_tensor(x, dtype=torch.float64)
@@ -48,9 +51,10 @@ def pointwise_log_likelihood(
     with torch.no_grad():
         for batch in draw_batches(len(flat), len(x)):
             cells = torch.as_tensor(flat[batch], dtype=torch.float64)
-            lp = lik.log_prob_grouped(cells, index, rows)
+            lp = lik.log_prob_grouped(cells, index, rows, omissions)
             if lapse is not None:
                 shares = torch.as_tensor(share.reshape(-1)[batch])
-                lp = mix(lp, lapse.distribution.log_density, shares)
+                omitted = None if omissions is None else omissions.mask
+                lp = mix(lp, lapse.distribution.log_density, shares, omitted)
             out[batch] = lp.numpy()
     return out.reshape(chains, draws, len(x))

@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sbi_plugins.contract import Simulator
-from sbi_plugins.data import PreparedData
+from sbi_plugins.data import PreparedData, decision_columns
 from sbi_plugins.likelihoods.lapse import Lapse, apply_to_simulations
 from sbi_plugins.parallel import forked_map, local_workers
 
@@ -65,7 +65,9 @@ def simulate_predictive(
     """One simulated row per selected draw and data row, `theta` of shape `(chain,
     draw, group, parameter)`; returns each observable as `(chain, draw, row)`.
     `workers`: local processes (default one per core). With lapses, each row is a
-    lapse row with its draw's `share` (`(chain, draw)`) as probability."""
+    lapse row with its draw's `share` (`(chain, draw)`) as probability. Where the
+    data have deadlines (`data.deadline`), a simulated trial not decided by its
+    row's deadline is an omission: NaN in every observable, as in the data."""
     if not len(selected):
         return None
     theta = theta[:, selected]
@@ -75,7 +77,7 @@ def simulate_predictive(
     lapses = None
     if lapse is not None:
         lapses = (lapse.distribution, share[:, selected].reshape(-1))
-    job = (simulator, flat, data.group_index, seed, lapses)
+    job = (simulator, flat, data.group_index, seed, lapses, data.deadline)
     n = (
         1
         if len(batches) < PROCESSES_FROM
@@ -101,14 +103,28 @@ def simulate_predictive(
 def simulate_batch(job: tuple, index: int, batch: slice) -> np.ndarray:
     """Batch `index` of draws: every data row simulated at its group's parameters,
     `(draws, rows, observables)`, from the batch's own generator; lapse rows (where
-    the model has lapses) from a second one, so the model's rows stay the same."""
-    simulator, flat, group_index, seed, lapses = job
+    the model has lapses) from a second one, so the model's rows stay the same.
+    Trials past their row's deadline (where there is one) become omissions, before
+    lapses replace rows: a lapse is a response, never an omission."""
+    simulator, flat, group_index, seed, lapses, deadline = job
     rows = flat[batch][:, group_index, :]
     rng = np.random.default_rng([seed, 1, index])
     sims = np.asarray(simulator.simulate(rows.reshape(-1, rows.shape[-1]), rng))
     sims = sims.reshape(rows.shape[0], len(group_index), -1)
+    if deadline is not None:
+        sims = censor(simulator, sims, deadline)
     if lapses is not None:
         distribution, share = lapses
         rng = np.random.default_rng([seed, 2, index])
         sims = apply_to_simulations(sims, share[batch], distribution, rng)
+    return sims
+
+
+def censor(simulator: Simulator, sims: np.ndarray, deadline: np.ndarray) -> np.ndarray:
+    """Simulated rows `(..., rows, observables)` whose response time is at or past
+    the row's deadline (or never came: NaN) become omissions, NaN throughout."""
+    time_column, _ = decision_columns(simulator)
+    late = ~(sims[..., time_column] < deadline)
+    sims = sims.copy()
+    sims[late] = np.nan
     return sims

@@ -221,3 +221,41 @@ def ddm_log_likelihood(
         + _log_drift_factor(v_f, sv, sep * w, tau)
     )
     return torch.where(valid, log_p, torch.full_like(log_p, -math.inf))
+
+
+def decision_probability(
+    v: float, a: float, z: float, t: float, deadline: float, response: float
+) -> float:
+    """P(the walk reaches `response`'s boundary before `deadline`), in closed form:
+    the first-passage distribution function's large-time series (Feller 1968;
+    Blurton, Kesselmeier & Gondan 2012), with as many terms as float64 needs.
+
+    A reference in numpy, for checking what integrates the density (omission
+    probabilities, `sbi_plugins.likelihoods.omission`); parameters as in
+    `ddm_log_likelihood`."""
+    import numpy as np
+
+    tau = deadline - t
+    if tau <= 0:
+        return 0.0
+    sep = 2.0 * a
+    drift, start = (-v, sep * (1.0 - z)) if response > 0 else (v, sep * z)
+    # probability of ever reaching this boundary (Feller's gambler's ruin)
+    if abs(drift) < 1e-12:
+        reach = 1.0 - start / sep
+    else:
+        reach = math.expm1(-2.0 * drift * (sep - start)) / math.expm1(
+            -2.0 * drift * sep
+        )
+        reach *= math.exp(-2.0 * drift * start)
+    u = tau / sep**2
+    terms = max(50, math.ceil(math.sqrt(2.0 * 40.0 / (_PI2 * u))) + 10)
+    k = np.arange(1, terms + 1, dtype=np.float64)
+    rate = 0.5 * drift**2 + 0.5 * k**2 * _PI2 / sep**2
+    tail = (
+        math.pi
+        / sep**2
+        * math.exp(-drift * start)
+        * np.sum(k * np.sin(k * math.pi * start / sep) * np.exp(-rate * tau) / rate)
+    )
+    return float(reach - tail)
