@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.inference.base import METHODS
 from sbi_plugins.outputs import Terminated, terminate_as_interrupt
 
@@ -185,6 +187,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out)
+    if args.no_progress:  # minutes of silence read as a hang
+        print(
+            f"sbi-plugins: fitting {args.simulator} to {args.data}, {args.chains} "
+            f"chains x ({args.tune} + {args.draws}), progress bars off",
+            file=sys.stderr,
+            flush=True,
+        )
+    started = time.perf_counter()
     idata = fit(
         args.data,
         args.simulator,
@@ -213,7 +223,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     import arviz as az
 
     print(az.summary(idata, kind="all").to_string())
-    print(f"wrote {out}")
+    print(f"wrote {out} ({time.perf_counter() - started:.0f} s)")
     return 0
 
 
@@ -429,7 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample each group's value of a normal population directly, not "
         "through standard-normal offsets (the default, as Bambi and HSSM)",
     )
-    p.add_argument("--out", required=True, help="netCDF file to write (FIT.nc)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="netCDF file to write (FIT.nc; missing folders are created, an "
+        "existing file is never overwritten)",
+    )
     _sampler_options(p, None)
     p.set_defaults(func=cmd_fit)
 
@@ -500,6 +515,14 @@ def _one_line(message, category, filename, lineno, line=None) -> str:
     return f"sbi-plugins: warning: {message}\n"
 
 
+def _row_note(exc: SbiPluginsError) -> str:
+    """Rows are named by the table's index, which for a file is pandas': counted
+    from 0 below the header, so 'row 2' is the file's fourth line."""
+    if isinstance(exc, DataError) and re.search(r"\brows? \d", str(exc)):
+        return " (rows count from 0 below the header, as pandas does)"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -511,7 +534,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with terminate_as_interrupt():
             return args.func(args)
     except SbiPluginsError as exc:
-        print(f"sbi-plugins: error: {exc}", file=sys.stderr)
+        print(f"sbi-plugins: error: {exc}{_row_note(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Terminated:
         print("sbi-plugins: terminated", file=sys.stderr)

@@ -34,7 +34,12 @@ from sbi_plugins.quantiles import (
     response_columns,
     source_label,
 )
-from sbi_plugins.results.comparison import compare, load_fit
+from sbi_plugins.results.comparison import (
+    PARETO_K_MAX,
+    compare,
+    load_fit,
+    pareto_k_rows,
+)
 
 REPORT_FILE = "report.html"
 RHAT_MAX = 1.01
@@ -42,7 +47,6 @@ RHAT_MAX = 1.01
 ESS_MIN = 100
 """At least 100 effective draws per parameter (Vehtari et al. suggest 100 per chain
 for reliable R-hat; a quick fit is flagged, not refused)."""
-PARETO_K_MAX = 0.7
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px;
@@ -118,12 +122,10 @@ def diagnostics(idata: az.InferenceData) -> dict[str, object]:
     divergent = None
     if "sample_stats" in idata.groups() and "diverging" in idata.sample_stats:
         divergent = int(idata.sample_stats["diverging"].values.sum())
-    bad_k = None
+    bad_k = exact_k = None
     if "log_likelihood" in idata.groups():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            loo = az.loo(idata, pointwise=True)
-        bad_k = int((np.asarray(loo.pareto_k) > PARETO_K_MAX).sum())
+        bad, constant = pareto_k_rows(idata)
+        bad_k, exact_k = len(bad), len(constant)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # R-hat of one chain, constant draws
         rhat = _extreme(az.rhat(idata), max) if posterior.sizes["chain"] > 1 else None
@@ -136,6 +138,7 @@ def diagnostics(idata: az.InferenceData) -> dict[str, object]:
         "divergences": divergent,
         "draws": draws,
         "pareto_k_bad": bad_k,
+        "pareto_k_exact": exact_k,
         "domain_warnings": plot.domain_warnings(idata),
         "estimator_check": plot.estimator_check(idata).get("verdict", "n/a"),
     }
@@ -179,7 +182,13 @@ def _diagnostics_table(rows: Mapping[str, Mapping[str, object]]) -> str:
                 "n/a" if div is None else f"{div} of {d['draws']}",
                 None if div is None else div > 0,
             )
-            + _cell("n/a" if k is None else k, None if k is None else k > 0)
+            + _cell(
+                "n/a"
+                if k is None
+                else f"{k}"
+                + (f" (+{d['pareto_k_exact']} exact)" if d["pareto_k_exact"] else ""),
+                None if k is None else k > 0,
+            )
             + _cell(len(d["domain_warnings"]), len(d["domain_warnings"]) > 0)
             + _cell(
                 d["estimator_check"],
@@ -190,7 +199,10 @@ def _diagnostics_table(rows: Mapping[str, Mapping[str, object]]) -> str:
     legend = (
         f"<p>Flagged: R-hat above {RHAT_MAX}, fewer than {ESS_MIN} effective draws, "
         "any divergent transition, any data row whose PSIS-LOO Pareto k exceeds "
-        f"{PARETO_K_MAX}, posterior mass at a bound of the estimator's training "
+        f"{PARETO_K_MAX} (not counting rows whose log-likelihood is the same at every "
+        "draw, as for rows only a lapse explains: ArviZ gives them k = inf, but their "
+        "leave-one-out value is exact; shown as '+N exact'), posterior mass at a "
+        "bound of the estimator's training "
         "domain, and a learned likelihood whose error may matter at this data size "
         "(a large fit left unrefined, or refinement still moving the posterior).</p>"
     )

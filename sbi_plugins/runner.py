@@ -202,7 +202,15 @@ def fit(
         progress,
     )
     lik, model, result = sampled.likelihood, sampled.model, sampled.result
-    for caught in sampled.warnings:  # the kept fit's, not the refinement rounds'
+    raw = result.posterior
+    theta = model.cell_parameter_draws(raw)
+    shape = theta.shape[:2]
+    share = share_draws(lapse, raw, shape)
+    # a shift piled at its bound (fast guesses) is the cause, r-hat its symptom:
+    # the cause is said first, then the kept fit's (not the rounds') warnings
+    hints = {} if lapse is not None else fast_guess_hints(sim, bool(sampled.warnings))
+    edge_warnings = warn_at_domain_edges(model, raw, theta, prepared, hints)
+    for caught in sampled.warnings:
         warnings.warn(caught.message, stacklevel=2)
     check = estimator_check(
         record,
@@ -212,12 +220,6 @@ def fit(
         reused=reused,
     )
     warn_if_flagged(check)
-    raw = result.posterior
-    theta = model.cell_parameter_draws(raw)
-    shape = theta.shape[:2]
-    share = share_draws(lapse, raw, shape)
-    hints = {} if lapse is not None else fast_guess_hints(sim)
-    edge_warnings = warn_at_domain_edges(model, raw, theta, prepared, hints)
     cells = dataclasses.replace(prepared, group_index=model.cells.index)
     selected = predictive_draws(posterior_predictive, shape, len(prepared.x))
     posterior, dims, coords = model.posterior_variables(raw)

@@ -61,7 +61,7 @@ def test_parse_pooling():
         (lambda df: df.rename(columns={"chips": "n"}), r"'chips' missing"),
         (
             lambda df: df.assign(chips=df["chips"].astype(float).where(df.index != 3)),
-            r"'chips'.*non-finite.*row 3",
+            r"'chips'.*non-finite.*row 3.*\(rows count from 0 below the header",
         ),
         (
             lambda df: df.assign(chips=df["chips"].where(df.index != 5, -2)),
@@ -146,7 +146,7 @@ def test_bad_pooling_spec(capsys, tmp_path, csv):
 
 def test_fit_then_compare(capsys, tmp_path, csv):
     a, b = tmp_path / "partial.nc", tmp_path / "complete.nc"
-    code, out, _ = run(
+    code, out, err = run(
         capsys,
         "fit",
         "cookie",
@@ -160,6 +160,9 @@ def test_fit_then_compare(capsys, tmp_path, csv):
         *QUICK,
     )
     assert code == 0 and a.exists() and "lam_mu" in out
+    # without progress bars, one line says the fit is under way, and the end its time
+    assert "fitting cookie to" in err and "2 chains x (40 + 40)" in err
+    assert re.search(r"wrote .*partial\.nc \(\d+ s\)", out)
     code, _, _ = run(
         capsys,
         "fit",

@@ -120,3 +120,16 @@ def test_chains_that_have_not_mixed_are_reported_with_the_worst_sites():
     with pytest.warns(RuntimeWarning, match=r"bulk ESS is below 100.*t\[") as w:
         warn_poor_mixing(walk)
     assert "--draws 1000" in str(w[0].message)
+
+
+def test_an_r_hat_just_above_the_limit_is_not_printed_as_the_limit():
+    from sbi_plugins.inference.nuts_method import _worst
+
+    assert _worst({"t[0]": 1.0149}, reverse=True, digits=".3f") == "worst t[0] 1.015"
+
+
+def test_fast_guess_advice_says_it_comes_first_only_when_the_sampler_warned():
+    quiet = fast_guess_hints(_ddm())[("t", "lower")]
+    loud = fast_guess_hints(_ddm(), sampler_warned=True)[("t", "lower")]
+    assert "--p-outlier" in quiet and "Fix this first" not in quiet
+    assert loud.startswith(quiet) and "cause of the sampler's warnings" in loud

@@ -362,3 +362,36 @@ def test_the_pointwise_log_likelihood_is_float32_and_loo_agrees_with_float64(
     assert "log_likelihood" not in fits[False].groups()
     with pytest.raises(SbiPluginsError, match="log_likelihood must be True"):
         sbi_plugins.fit(small_data, "cookie", log_likelihood="half", **QUICK)
+
+
+def _loo_fit(rows: dict[int, np.ndarray], seed: int) -> az.InferenceData:
+    """A fit of 6 rows with well-behaved log-likelihoods except `rows`."""
+    rng = np.random.default_rng(seed)
+    pointwise = rng.normal(-1.0, 0.1, size=(2, 300, 6))
+    for row, values in rows.items():
+        pointwise[..., row] = values
+    return az.from_dict(
+        posterior={"mu": rng.normal(size=(2, 300))},
+        log_likelihood={"y": pointwise},
+        observed_data={"y": np.zeros(6)},
+    )
+
+
+def test_rows_only_a_lapse_explains_are_not_called_unreliable():
+    """A row whose log-likelihood is the same at every draw gets k = inf from
+    ArviZ, yet its LOO value is exact: reported apart, and not warned about; a
+    row with heavy-tailed importance ratios is warned about, naming the fit."""
+    from sbi_plugins.results.comparison import pareto_k_rows
+
+    heavy = -3 * np.abs(np.random.default_rng(9).standard_cauchy((2, 300)))
+    lapse_only = _loo_fit({2: np.full((2, 300), -3.2)}, seed=0)
+    both = _loo_fit({2: np.full((2, 300), -3.2), 4: heavy}, seed=1)
+    assert pareto_k_rows(lapse_only) == ([], [2])
+    assert pareto_k_rows(both) == ([4], [2])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sbi_plugins.compare({"lapse": lapse_only, "heavy": both})
+    said = [str(w.message) for w in seen if "Pareto" in str(w.message)]
+    assert len(said) == 1, said  # ArviZ's own, unnamed warning is not repeated
+    assert said[0].startswith("fit 'heavy': PSIS-LOO is unreliable for 1 data rows")
+    assert "rows 4)" in said[0] and "1 more rows have k = inf" in said[0]

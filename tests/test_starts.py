@@ -172,6 +172,12 @@ def test_the_cli_default_ddm_fit_runs_with_a_fast_guess(tmp_path):
         )
         assert result.returncode == 0, result.stderr[-2000:]
         assert out.exists()
+        if not extra:  # the cause (fast guesses) is said before its symptoms
+            said = [line for line in result.stderr.splitlines() if "warning:" in line]
+            cause = [i for i, line in enumerate(said) if "--p-outlier" in line]
+            symptoms = [i for i, line in enumerate(said) if "r-hat" in line]
+            assert cause and symptoms and cause[0] < symptoms[0], said
+            assert "Fix this first" in said[cause[0]]
     import arviz as az
 
     fit = az.from_netcdf(out)

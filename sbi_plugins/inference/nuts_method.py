@@ -141,7 +141,7 @@ def warn_poor_mixing(samples: Mapping[str, np.ndarray]) -> list[str]:
     if bad:
         messages.append(
             f"r-hat is above {RHAT_LIMIT} for {len(bad)} of {len(rhat)} "
-            f"values ({_worst(bad, reverse=True)}): the chains have not "
+            f"values ({_worst(bad, reverse=True, digits='.3f')}): the chains have not "
             "mixed, and the estimates may be wrong"
         )
     floor = ESS_PER_CHAIN * chains
@@ -150,8 +150,8 @@ def warn_poor_mixing(samples: Mapping[str, np.ndarray]) -> list[str]:
         messages.append(
             f"bulk ESS is below {ESS_PER_CHAIN} per chain ({floor} for {chains} "
             f"chain{'s' if chains > 1 else ''}) for {len(low)} of {len(ess)} values "
-            f"({_worst(low, reverse=False)}): too few independent draws for "
-            "reliable estimates and r-hat"
+            f"({_worst(low, reverse=False, digits='.0f')}): too few independent "
+            "draws for reliable estimates and r-hat"
         )
     if messages:
         warnings.warn(
@@ -176,7 +176,10 @@ def _flat(dataset: Any) -> dict[str, float]:
     return out
 
 
-def _worst(values: Mapping[str, float], reverse: bool, limit: int = 3) -> str:
-    """The `limit` worst sites, 'worst t[0] 1.11, a[2] 1.05'."""
+def _worst(
+    values: Mapping[str, float], reverse: bool, digits: str, limit: int = 3
+) -> str:
+    """The `limit` worst sites, 'worst t[0] 1.114, a[2] 1.053': r-hat to three
+    decimals, so that one above 1.01 never reads as 1.01."""
     ranked = sorted(values.items(), key=lambda kv: kv[1], reverse=reverse)[:limit]
-    return "worst " + ", ".join(f"{k} {v:.3g}" for k, v in ranked)
+    return "worst " + ", ".join(f"{k} {v:{digits}}" for k, v in ranked)

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import arviz as az
+import numpy as np
 import pandas as pd
 
 from sbi_plugins.errors import SbiPluginsError
@@ -59,4 +60,55 @@ def compare(
     with warnings.catch_warnings():
         # ArviZ 0.23 sorts in place, which pandas 3.1 deprecates: not the user's to fix.
         warnings.filterwarnings("ignore", message="The inplace keyword")
-        return az.compare(loaded, **kwargs)
+        # ArviZ warns once per fit without naming it; said below, per fit, instead
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+        table = az.compare(loaded, **kwargs)
+    for name, idata in loaded.items():
+        warn_unreliable_loo(name, idata)
+    return table
+
+
+PARETO_K_MAX = 0.7
+"""Vehtari et al.'s limit: above it a row's PSIS-LOO value is unreliable."""
+
+
+def pareto_k_rows(
+    idata: az.InferenceData, loo: az.ELPDData | None = None
+) -> tuple[list, list]:
+    """(rows with k above 0.7, rows with a constant log-likelihood), as data-row
+    labels. A row whose log-likelihood is the same at every draw (one only a
+    lapse component explains) gets k = inf from ArviZ, yet its leave-one-out value
+    is exact: it is reported apart, not as unreliable."""
+    if loo is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            loo = az.loo(idata, pointwise=True)
+    k = np.asarray(loo.pareto_k).ravel()
+    pointwise = next(iter(idata.log_likelihood.data_vars.values()))
+    values = pointwise.values.reshape(-1, k.size)  # (chain * draw, row)
+    constant = np.ptp(values, axis=0) == 0
+    labels = np.asarray(pointwise.coords[pointwise.dims[-1]].values)
+    bad = (k > PARETO_K_MAX) & ~constant
+    return labels[bad].tolist(), labels[constant & (k > PARETO_K_MAX)].tolist()
+
+
+def warn_unreliable_loo(name: str, idata: az.InferenceData) -> None:
+    """One warning per fit whose PSIS-LOO has rows with k above 0.7, naming them."""
+    bad, constant = pareto_k_rows(idata)
+    if not bad:
+        return
+    shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+    apart = (
+        f" ({len(constant)} more rows have k = inf only because their "
+        "log-likelihood is the same at every draw: their LOO value is exact)"
+        if constant
+        else ""
+    )
+    warnings.warn(
+        f"fit {name!r}: PSIS-LOO is unreliable for {len(bad)} data rows (Pareto k "
+        f"above {PARETO_K_MAX}: rows {shown}){apart}. Their elpd may be off: look "
+        "at them (az.plot_khat), and if they are fast guesses or lapses, fit with "
+        "p_outlier (--p-outlier 0.05)",
+        RuntimeWarning,
+        stacklevel=3,
+    )

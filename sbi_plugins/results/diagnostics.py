@@ -19,13 +19,22 @@ EDGE_FRACTION = 0.01
 and a unit whose share of such draws exceeds it is warned about."""
 
 
-def fast_guess_hints(simulator: Simulator) -> dict[tuple[str, str], str]:
-    """What a shift parameter at its lower bound usually means: fast guesses."""
+def fast_guess_hints(
+    simulator: Simulator, sampler_warned: bool = False
+) -> dict[tuple[str, str], str]:
+    """What a shift parameter at its lower bound usually means: fast guesses. A
+    shift held down by one row fights the other rows, so the chains mix badly:
+    when the sampler warned too, say which to fix first."""
+    first = (
+        ". Fix this first: it is the likely cause of the sampler's warnings below"
+        if sampler_warned
+        else ""
+    )
     return {
         (obs.shift, "lower"): (
             f"rows with a very small {obs.name!r} (fast guesses) pull "
             f"{obs.shift!r} down: add a lapse component (p_outlier=0.05, "
-            "--p-outlier 0.05) or drop those rows"
+            f"--p-outlier 0.05) or drop those rows{first}"
         )
         for obs in simulator.observables
         if obs.shift is not None
