@@ -33,11 +33,11 @@ from ssm_fits import common, pooling_for
 import sbi_plugins
 
 LATE_ONSET = {"t": (0.6, 0.0)}
-"""Common onset of models with onset variability (`st`): the start rule keeps `t`
-below the fastest RT only through `rt`'s shift, which these models do not have
-(their trials may end before `t`), so with the exact density (zero below
-`t - st`) a start at the typical `t` 0.45 and `st` 0.13 fails on subjects whose
-fastest RT is under 0.32 s. From an onset of 0.6 every RT is later than that."""
+"""Common onset of models with onset variability (`st`), as measured in
+docs/ssm.md. It was needed when the start kept `t` below the fastest RT only
+through `rt`'s shift, which these models do not have: the exact density (zero
+before `t - st`) then failed to start on RTs under 0.32 s. Their `rt` now says
+`start_below="t"`, so any onset starts."""
 
 TARGET = 0.3
 """Largest acceptable gap between the posterior means, in exact posterior sd."""

@@ -79,6 +79,12 @@ class Observable:
     of parameters times a quantity the network learns instead, e.g. `{"a": 2}`: the
     DDM's decision time is `a**2` times a time of boundary 1. Only parameters with
     positive lower bounds may appear in it.
+
+    `start_below` names a parameter that sampling starts below each group's
+    smallest value, as a shift does, without bounding it there afterwards: an
+    onset with trial-to-trial variability (`t` of a model with `st`), which a
+    trial may precede. Every value then exceeds `t`, so a density that is zero
+    before `t - st` is positive on every row at the start.
     """
 
     name: str
@@ -89,6 +95,7 @@ class Observable:
     description: str = ""
     shift: str | None = None
     scale: Mapping[str, float] | None = None
+    start_below: str | None = None
 
     def __post_init__(self) -> None:
         _check_name("observable", self.name)
@@ -113,16 +120,26 @@ class Observable:
             )
         if self.kind == "count" and self.lower < 0:
             raise ContractError(f"observable {self.name!r}: counts start at 0")
-        if self.shift is not None and self.kind != "continuous":
+        if self.shift is not None and self.start_below is not None:
+            raise ContractError(
+                f"observable {self.name!r}: give shift or start_below, not both (a "
+                "shift parameter already starts below the value)"
+            )
+        if self.onset(start=True) is not None and self.kind != "continuous":
             raise ContractError(
                 f"observable {self.name!r}: only a continuous observable can have a "
-                "shift parameter"
+                "shift or start_below parameter"
             )
         if self.scale is not None and (self.kind != "continuous" or not self.scale):
             raise ContractError(
                 f"observable {self.name!r}: scale needs a continuous observable and "
                 "at least one parameter"
             )
+
+    def onset(self, start: bool = False) -> str | None:
+        """The parameter this value must exceed: its shift while sampling, and at
+        the start (`start`) also its `start_below`."""
+        return self.shift or (self.start_below if start else None)
 
 
 @dataclass(frozen=True)
@@ -270,10 +287,11 @@ class Simulator:
                 "among parameters and observables"
             )
         for obs in self.observables:
-            if obs.shift is not None and obs.shift not in self.parameter_names:
+            onset = obs.onset(start=True)
+            if onset is not None and onset not in self.parameter_names:
                 raise ContractError(
-                    f"simulator {self.name!r}: observable {obs.name!r} is shifted by "
-                    f"{obs.shift!r}, which is not a parameter"
+                    f"simulator {self.name!r}: observable {obs.name!r} must exceed "
+                    f"{onset!r} (shift or start_below), which is not a parameter"
                 )
             for name in obs.scale or {}:
                 if name not in self.parameter_names:

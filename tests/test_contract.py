@@ -56,6 +56,22 @@ def test_unknown_observable_kind_is_refused():
         Observable("y", "ordinal")
 
 
+@pytest.mark.parametrize(
+    ("observable", "message"),
+    [
+        (
+            dict(kind="continuous", shift="rate", start_below="rate"),
+            "give shift or start_below, not both",
+        ),
+        (dict(kind="count", start_below="rate"), "only a continuous observable"),
+        (dict(kind="continuous", start_below="onset"), "'onset'.*not a parameter"),
+    ],
+)
+def test_a_start_below_parameter_is_checked_like_a_shift(observable, message):
+    with pytest.raises(ContractError, match=message):
+        make_simulator(observables=(Observable("y", **observable),))
+
+
 def test_names_must_be_identifiers():
     with pytest.raises(ContractError, match="must be a Python identifier"):
         Parameter("drift rate", 0, 1)

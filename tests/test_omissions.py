@@ -151,6 +151,30 @@ def test_the_learned_omission_probability_follows_the_exact_one(ddm, exact):
     assert np.abs(got - want).mean() < 0.01
 
 
+@pytest.mark.parametrize(
+    "broken, reason",
+    [
+        (lambda scores: scores + 1.0, r"off by up to [0-9.]+ in probability"),
+        (lambda scores: 1 / 0, r"it failed with ZeroDivisionError: division by zero"),
+    ],
+)
+def test_a_flow_tail_unlike_the_integrated_density_is_not_used(
+    ddm, monkeypatch, broken, reason
+):
+    """The self-check falls back to quadrature, saying why: a tail whose
+    probabilities are e times too large (off by over 0.02), or one that fails."""
+    neural = likelihood(ddm, progress=False)
+    flow_scores = neural._flow_scores
+    monkeypatch.setattr(neural, "_flow_scores", lambda *a: broken(flow_scores(*a)))
+    with pytest.warns(
+        UserWarning,
+        match=r"ddm: the flow's tail does not reproduce the integrated density \("
+        + reason
+        + r"\); omission probabilities by quadrature \(same numbers, slower\)",
+    ):
+        assert not neural._uses_flow_tail()
+
+
 def test_omissions_have_finite_values_and_gradients_everywhere(exact):
     theta = torch.tensor(
         [[1.0, 1.0, 0.5, 0.3]] * 3, dtype=torch.float64, requires_grad=True

@@ -74,6 +74,8 @@ def test_own_models_get_the_catalogues_transform_codes_and_priors():
     assert onset.observables[0].shift is None and onset.observables[0].scale == {
         "a": 2.0
     }
+    # its trials may end before t: t only starts below them
+    assert onset.observables[0].start_below == "t" and rt.start_below is None
     assert set(onset.population_priors) == {"v", "a", "t"}
     angle = sbi_plugins.get_simulator("angle")
     rebuilt = sequential_sampling_model(

@@ -5,12 +5,13 @@ scale. A reaction time has zero density below its non-decision time, so once `t`
 varies by subject a random start puts some subject's `t` above its fastest RT, and
 after 100 such tries Pyro gives up ("cannot find valid initial params"). So the start
 is built from the data instead: every parameter at its typical value (the mean of
-its `mu` hyperprior, inside the box), except a shift parameter (`Observable.shift`),
-which starts halfway between its lower bound and the smallest value of its
-observable in each group (with lapses, a low quantile: a fast guess is the lapse's
-to explain); see `sbi_plugins.model.support` and `HierarchicalModel.start`. Chains
-start from this point jittered on the unconstrained scale, each jitter kept only
-where the log density stays finite.
+its `mu` hyperprior, inside the box), except a shift parameter (`Observable.shift`,
+or `Observable.start_below` for an onset that trials may precede), which starts
+halfway between its lower bound and the smallest value of its observable in each
+group (with lapses, a low quantile: a fast guess is the lapse's to explain); see
+`sbi_plugins.model.support` and `HierarchicalModel.start`. Chains start from this
+point jittered on the unconstrained scale, each jitter kept only where the log
+density stays finite.
 
 Where even that start has zero density, the rows responsible are named in one line
 (`StartError`), never Pyro's traceback.

@@ -227,8 +227,40 @@ class GroupedRows(dist.TorchDistribution):
         return torch.where(self.inside, lp, torch.full_like(lp, -math.inf))
 
 
-def _mismatch(fast: torch.Tensor, slow: torch.Tensor) -> str:
-    """How a fast path's numbers differ from sbi's, in a few words."""
+TAIL_TOLERANCE = 0.02
+"""Largest gap in omission probability between the flow's tail and the integrated
+density: the two differ by the learned mass below the quadrature's lower end
+(under 0.005 for the shipped DDM); a reversed map is off by ~1."""
+
+
+def _verified(
+    fast: Callable[[], torch.Tensor],
+    reference: Callable[[], torch.Tensor],
+    mismatch: Callable[[torch.Tensor, torch.Tensor], str | None],
+    what: str,
+    fallback: str,
+) -> bool:
+    """Whether a fast path gives its reference's numbers on a self-check's points
+    (`mismatch` says how they differ, None where they agree). Where it does not,
+    or raises (an sbi/nflows internal changed), a warning says `what` differs and
+    why, and that the caller falls back to `fallback`."""
+    try:
+        with torch.no_grad():
+            reason = mismatch(fast(), reference())
+        if reason is None:
+            return True
+    except Exception as exc:  # an sbi/nflows internal changed
+        reason = f"it failed with {type(exc).__name__}: {exc}"
+    warnings.warn(f"{what} ({reason}); {fallback} (same numbers, slower)", stacklevel=4)
+    return False
+
+
+def _mismatch(fast: torch.Tensor, slow: torch.Tensor) -> str | None:
+    """How a fast path's log-probabilities differ from sbi's, in a few words; None
+    where they agree (within 1e-4)."""
+    fast = fast.double()
+    if fast.shape == slow.shape and torch.allclose(fast, slow, rtol=1e-4, atol=1e-4):
+        return None
     if fast.shape != slow.shape:
         return f"shape {tuple(fast.shape)} instead of {tuple(slow.shape)}"
     if torch.isnan(fast).any():
@@ -238,6 +270,15 @@ def _mismatch(fast: torch.Tensor, slow: torch.Tensor) -> str:
         return "infinite where sbi's is finite, or the reverse"
     error = float((fast - slow)[finite].abs().max()) if finite.any() else 0.0
     return f"off by up to {error:.3g} in log-probability"
+
+
+def _probability_mismatch(tail: torch.Tensor, quadrature: torch.Tensor) -> str | None:
+    """How far two log-probabilities are apart as probabilities, where more than
+    `TAIL_TOLERANCE`; None where they agree."""
+    error = float((tail.exp() - quadrature.exp()).abs().max())
+    return (
+        None if error < TAIL_TOLERANCE else f"off by up to {error:.2g} in probability"
+    )
 
 
 def _frozen(net: torch.nn.Module) -> torch.nn.Module:
@@ -393,32 +434,18 @@ class Likelihood:
         time_column, _ = decision_columns(self.simulator)
         onset, log_scale = time_frame(self.simulator, theta, time_column)
         deadline = onset + log_scale.exp() * torch.tensor([0.05, 0.3, 1.0, 3.0])
-        try:
-            with torch.no_grad():
-                index = torch.arange(len(deadline))
-                empty = torch.zeros(0, 2, dtype=theta.dtype)
-                tail = self._flow_scores(theta, index[:0], empty, index, deadline)
-                tail = tail.exp()
-                quadrature = log_omission_probability(
-                    log_decision_probability(
-                        self.log_prob, self.simulator, theta, deadline
-                    )
-                ).exp()
-            error = float((tail - quadrature).abs().max())
-            # the two differ by the learned mass below the quadrature's lower end
-            # (under 0.005 for the shipped DDM); a reversed map is off by ~1
-            if error < 0.02:
-                return True
-            reason = f"off by up to {error:.2g} in probability"
-        except Exception as exc:  # an sbi/nflows internal changed
-            reason = f"it failed with {type(exc).__name__}: {exc}"
-        warnings.warn(
+        index = torch.arange(len(deadline))
+        empty = torch.zeros(0, 2, dtype=theta.dtype)
+        return _verified(
+            lambda: self._flow_scores(theta, index[:0], empty, index, deadline),
+            lambda: log_omission_probability(
+                log_decision_probability(self.log_prob, self.simulator, theta, deadline)
+            ),
+            _probability_mismatch,
             f"{self.simulator.name}: the flow's tail does not reproduce the "
-            f"integrated density ({reason}); omission probabilities by quadrature "
-            "(same numbers, slower)",
-            stacklevel=3,
+            "integrated density",
+            "omission probabilities by quadrature",
         )
-        return False
 
     def _box_points(self, count: int, seed: int) -> torch.Tensor:
         """`count` parameter vectors drawn uniformly in the box, for self-checks."""
@@ -444,26 +471,21 @@ class Likelihood:
         x = torch.as_tensor(
             self.simulator.simulate(theta[index].numpy(), rng), dtype=torch.float64
         )
-        try:
-            with torch.no_grad():
-                encoded = encode_choices(self.simulator, x)
-                fast = candidate(self._net, theta, index, encoded, self._network)
-                slow = self.log_prob(theta[index], x)
-            fast = fast.double()
-            if fast.shape == slow.shape and torch.allclose(
-                fast, slow, rtol=1e-4, atol=1e-4
-            ):
-                return candidate
-            reason = _mismatch(fast, slow)
-        except Exception as exc:  # an sbi/nflows internal changed
-            reason = f"it failed with {type(exc).__name__}: {exc}"
-        warnings.warn(
+        agrees = _verified(
+            lambda: candidate(
+                self._net,
+                theta,
+                index,
+                encode_choices(self.simulator, x),
+                self._network,
+            ),
+            lambda: self.log_prob(theta[index], x),
+            _mismatch,
             f"{self.simulator.name}: the per-group scoring path does not reproduce "
-            f"sbi's log_prob with sbi {sbi_version()} ({reason}); scoring row by "
-            "row (same numbers, slower)",
-            stacklevel=3,
+            f"sbi's log_prob with sbi {sbi_version()}",
+            "scoring row by row",
         )
-        return None
+        return candidate if agrees else None
 
     def rows(
         self,

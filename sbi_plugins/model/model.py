@@ -359,6 +359,7 @@ def build_model(
         data.group_index[decided],
         data.num_groups,
         lapses=lapse is not None,
+        start=True,
     )
     model = HierarchicalModel(
         parameters,

@@ -5,7 +5,9 @@ A reaction time has zero density below its non-decision time, so a shift paramet
 These rules belong to the model: its shift parameters are sampled below those
 ceilings (see `SampledBelow`), its typical values and ceilings give the start from
 the data (`HierarchicalModel.start`), and rows no value in the box explains are
-refused before anything is trained.
+refused before anything is trained. An onset that trials may precede (a model
+with onset variability `st`: `Observable.start_below`) only starts below those
+ceilings: sampling may take it above them.
 """
 
 from __future__ import annotations
@@ -30,13 +32,16 @@ def shift_ceilings(
     index: np.ndarray,
     num_groups: int,
     lapses: bool,
+    start: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per shift parameter, per group: the value it must stay below (the group's
     smallest observation, or a low quantile of them when lapses explain the rest).
-    Groups without rows get +inf."""
+    Groups without rows get +inf. With `start`, the ceilings the start keeps: the
+    `start_below` parameters' too."""
     out: dict[str, np.ndarray] = {}
     for j, obs in enumerate(simulator.observables):
-        if obs.shift is None:
+        onset = obs.onset(start)
+        if onset is None:
             continue
         ceiling = np.full(num_groups, np.inf)
         for g in range(num_groups):
@@ -45,8 +50,8 @@ def shift_ceilings(
                 ceiling[g] = (
                     np.quantile(values, LAPSE_QUANTILE) if lapses else values.min()
                 )
-        previous = out.get(obs.shift)
-        out[obs.shift] = ceiling if previous is None else np.minimum(previous, ceiling)
+        previous = out.get(onset)
+        out[onset] = ceiling if previous is None else np.minimum(previous, ceiling)
     return out
 
 

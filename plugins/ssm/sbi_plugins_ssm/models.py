@@ -162,8 +162,9 @@ def sequential_sampling_model(
     """A `Simulator` for any sequential sampling model: `simulate` maps `(n, p)`
     parameter rows (in the order of `bounds`) to `(n, 2)` rows of (rt in seconds,
     response code), NaN for a trial that never decides. `rt` is learned as
-    `(rt - t) / a**2` where the model has `t` (and no onset variability `st`) and a
-    positive `a`; the DDM-like parameters get the ddm plugin's population priors.
+    `(rt - t) / a**2` where the model has `t` (and no onset variability `st`: then
+    `t` only starts below each group's fastest `rt`) and a positive `a`; the
+    DDM-like parameters get the ddm plugin's population priors.
     `log_likelihood` (optional) is a reference density, as in `Simulator`."""
     parameters = tuple(
         Parameter(p, float(lo), float(hi), f"{p!r} of {name}")
@@ -187,6 +188,7 @@ def sequential_sampling_model(
                 description="reaction time in seconds",
                 shift=shift,
                 scale=scale,
+                start_below="t" if shift is None and "t" in names else None,
             ),
             Observable(
                 "response",
