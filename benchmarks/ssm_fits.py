@@ -2,16 +2,17 @@
 
     python benchmarks/ssm_fits.py [MODEL ...] [--subjects 10 --trials 100]
                                   [--draws 1000 --tune 1000 --chains 4]
-                                  [--pooling va | all] [--centered]
+                                  [--pooling va | all] [--centered] [--noncentered]
 
 For each model: 10 subjects x 100 trials simulated by `simulate_dataset` (seed 0),
 fitted with the shipped estimator. `--pooling va` (default) gives `v` and `a` a
 population and pools the others completely, as the DDM benchmarks do; `--pooling
 all` is the fit's default, every parameter by subject. Prints wall time, min bulk
 ESS, max r-hat, divergences, mean leapfrog steps per draw, and recovery: the share
-of the true subject-level and pooled values inside their 94% HDI. `--centered`
-adds, per model, the same fit with centered populations (the baseline of the
-non-centered default) and their ratios.
+of the true subject-level and pooled values inside their 94% HDI, and the
+populations' form `noncentered="auto"` chose (the fits use it). `--centered` and
+`--noncentered` add, per model, the same fit with every population in that form,
+and the ratios of `auto` to it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,21 @@ def main() -> None:
     parser.add_argument("--tune", type=int, default=1000)
     parser.add_argument("--chains", type=int, default=4)
     parser.add_argument("--pooling", choices=["va", "all"], default="va")
-    parser.add_argument("--centered", action="store_true")
+    parser.add_argument(
+        "--centered",
+        dest="forms",
+        action="append_const",
+        const=False,
+        default=[],
+        help="also fit with every population centered, and compare",
+    )
+    parser.add_argument(
+        "--noncentered",
+        dest="forms",
+        action="append_const",
+        const=True,
+        help="also fit with every population non-centered, and compare",
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(
@@ -95,7 +110,8 @@ def main() -> None:
             model, args.subjects, args.trials, seed=0, population=population
         )
         runs = {}
-        for noncentered in (True, False) if args.centered else (True,):
+        forms = ["auto"] + [f for f in (True, False) if f in args.forms]
+        for noncentered in forms:
             start = time.perf_counter()
             idata = sbi_plugins.fit(
                 trials,
@@ -114,7 +130,9 @@ def main() -> None:
             summary = az.summary(idata, round_to="none")
             stats = idata.sample_stats
             inside, total = recovery(idata, truth, pooling)
-            label = model if noncentered else f"{model} centered"
+            label = {"auto": model, True: f"{model} non-centered"}.get(
+                noncentered, f"{model} centered"
+            )
             runs[noncentered] = (seconds, summary["ess_bulk"].min())
             print(
                 f"{label:>24}: {seconds:7.1f} s wall, min ESS "
@@ -122,16 +140,19 @@ def main() -> None:
                 f"{summary['r_hat'].max():.3f}, "
                 f"divergences {int(stats['diverging'].sum())}, mean leapfrog steps "
                 f"{float(stats['n_steps'].mean()):.1f}, truth in 94% HDI "
-                f"{inside}/{total}",
+                f"{inside}/{total}; populations {idata.attrs.get('populations')}",
                 flush=True,
             )
-        if len(runs) == 2:
-            (fast, ess), (slow, ess_c) = runs[True], runs[False]
-            print(
-                f"{'':>24}  non-centered / centered: wall {fast / slow:.2f}, "
-                f"min ESS per second {(ess / fast) / (ess_c / slow):.2f}",
-                flush=True,
-            )
+        fast, ess = runs["auto"]
+        for form in (True, False):
+            if form in runs:
+                slow, ess_c = runs[form]
+                print(
+                    f"{'':>24}  default / {'non-centered' if form else 'centered'}: "
+                    f"wall {fast / slow:.2f}, min ESS per second "
+                    f"{(ess / fast) / (ess_c / slow):.2f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -216,7 +216,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         prior_predictive=args.prior_predictive or False,
         refine=parse_refine(args.refine),
         log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
-        noncentered=not args.centered,
+        noncentered=args.noncentered,
         deadline=parse_deadline(args.deadline),
     )
     _write_netcdf(idata, out)
@@ -433,11 +433,23 @@ def build_parser() -> argparse.ArgumentParser:
         "column of per-trial deadlines (HSSM's 'deadline'); rows with rt empty or "
         "-999 are then omissions, scored by the probability of no decision in time",
     )
-    p.add_argument(
+    form = p.add_mutually_exclusive_group()
+    form.add_argument(
         "--centered",
-        action="store_true",
+        dest="noncentered",
+        action="store_const",
+        const=False,
+        default=True,
         help="sample each group's value of a normal population directly, not "
         "through standard-normal offsets (the default, as Bambi and HSSM)",
+    )
+    form.add_argument(
+        "--auto-centering",
+        dest="noncentered",
+        action="store_const",
+        const="auto",
+        help="choose from the data: every population centered where each group's "
+        "data pin its value down (faster there), else non-centered",
     )
     p.add_argument(
         "--out",

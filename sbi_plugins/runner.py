@@ -39,6 +39,7 @@ from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import Settings, get_method
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
+from sbi_plugins.model.centering import choose_centering, population_forms
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
 from sbi_plugins.model.support import check_explainable
 from sbi_plugins.plugin.registry import get_simulator
@@ -73,7 +74,7 @@ def fit(
     prior_predictive: bool | int = False,
     refine: RefineRequest = "auto",
     log_likelihood: bool | str = True,
-    noncentered: bool = True,
+    noncentered: bool | str = True,
     deadline: float | str | None = None,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data (NUTS by default).
@@ -125,10 +126,12 @@ def fit(
     size, and PSIS-LOO agrees with float64 to well under 0.1 elpd), "float64", or
     False to leave the group out (large data you will not compare).
 
-    `noncentered`: sample normal populations (the default priors) through
-    standard-normal offsets per group, as Bambi and HSSM do (the posterior is the
-    same; NUTS avoids the funnel of small spreads). False samples each group's value
-    directly; the groups' values are in the posterior either way.
+    `noncentered`: True (the default) samples each normal population (the
+    default priors) through standard-normal offsets per group, as Bambi and HSSM
+    do; False samples the groups' values directly; "auto" chooses from the data:
+    centered where every group's data pin its value down, which is faster there
+    (`sbi_plugins.model.centering`). The posterior is the same; attrs record the
+    form. The groups' values are in the posterior either way.
 
     `deadline`: the time (seconds), or the name of a column of per-trial times
     (HSSM's `deadline`), after which a trial ended without a response. Rows whose
@@ -154,7 +157,13 @@ def fit(
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(frame, sim, group, deadline)
     lapse = make_lapse(p_outlier, sim, prepared.x)
-    parameters = plan_model(sim, frame, group, pooling, formulas, priors, noncentered)
+    if noncentered not in (True, False, "auto"):
+        raise SbiPluginsError(
+            f"noncentered must be True, False or 'auto', got {noncentered!r}"
+        )
+    parameters = plan_model(
+        sim, frame, group, pooling, formulas, priors, noncentered is not False
+    )
     # the data's own checks first: no estimator is trained for data that cannot fit
     decided_x = prepared.x[prepared.decided]
     decided_labels = prepared.row_labels[prepared.decided]
@@ -168,6 +177,11 @@ def fit(
         check_observations(sim, lik.estimator, decided_x, decided_labels)
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
+    curvature = {}
+    if noncentered == "auto":
+        parameters, curvature = choose_centering(
+            parameters, lambda plans: build_model(plans, prepared, lik, lapse)
+        )
     settings = Settings(
         draws=draws,
         tune=tune,
@@ -245,6 +259,7 @@ def fit(
         **deadline_attrs(deadline, prepared),
         "estimator_check": json.dumps(check, sort_keys=True),
         "refinement": "" if record is None else json.dumps(record, sort_keys=True),
+        "populations": json.dumps(population_forms(parameters, curvature)),
     }
     return build_inference_data(
         posterior=posterior,

@@ -89,6 +89,27 @@ def laplace_start(
     return found
 
 
+def offset_precision(
+    model: Callable[..., None],
+    model_kwargs: dict[str, Any],
+    sites: list[str],
+    init: dict[str, torch.Tensor] | None = None,
+) -> dict[str, float] | None:
+    """Per standard-normal offset site, the median over its groups of the
+    posterior's curvature at the mode: 1 is the prior's alone, so a value of 2
+    says each group's data weigh as much as the population. None where there is
+    no usable mode (see `laplace_start`)."""
+    with torch.random.fork_rng():
+        found = _mode_and_hessian(model, model_kwargs, init)
+    if isinstance(found, str):
+        return None
+    names, shapes, _, _, _, hessian = found
+    curvature = _unflat(names, shapes, torch.diag(hessian))
+    return {
+        site: float(curvature[site].median()) for site in sites if site in curvature
+    }
+
+
 def _laplace(
     model: Callable[..., None],
     model_kwargs: dict[str, Any],
@@ -97,6 +118,44 @@ def _laplace(
     init: dict[str, torch.Tensor] | None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | str:
     """The Laplace start, or why there is none."""
+    found = _mode_and_hessian(model, model_kwargs, init)
+    if isinstance(found, str):
+        return found
+    names, shapes, transforms, potential, mode, hessian = found
+    d = mode.numel()
+    try:
+        variance = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(hessian)))
+    except RuntimeError:  # not positive definite at the mode: curvature per axis
+        variance = 1 / torch.diag(hessian).clamp_min(1e-2)
+    per_axis = 1 / torch.diag(hessian).clamp_min(1e-2)
+    variance = torch.where(
+        torch.isfinite(variance) & (variance > 0), variance, per_axis
+    )
+    variance = variance.nan_to_num(1.0).clamp(1e-10, 4.0)
+    inverse_mass = _unflat(names, shapes, variance)
+
+    starts = []
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(chains):
+        for scale in (0.5, 0.1, 0.0):
+            jitter = torch.randn(d, generator=generator, dtype=torch.float64)
+            z = mode + scale * variance.sqrt() * jitter
+            if torch.isfinite(potential(z)):
+                break
+        else:
+            z = mode
+        values = _unflat(names, shapes, z)
+        starts.append({n: transforms[n].inv(values[n]).detach() for n in names})
+    return starts, inverse_mass
+
+
+def _mode_and_hessian(
+    model: Callable[..., None],
+    model_kwargs: dict[str, Any],
+    init: dict[str, torch.Tensor] | None,
+) -> tuple | str:
+    """(site names, shapes, transforms, flat potential, mode, Hessian there) in
+    the unconstrained space, or why there is none."""
     strategy = {} if init is None else {"init_strategy": init_to_value(values=init)}
     try:
         init, potential_fn, transforms, _ = initialize_model(
@@ -168,27 +227,4 @@ def _laplace(
     if not torch.isfinite(hessian).all():
         return "the Hessian at the mode is not finite"
     hessian = 0.5 * (hessian + hessian.T)
-    try:
-        variance = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(hessian)))
-    except RuntimeError:  # not positive definite at the mode: curvature per axis
-        variance = 1 / torch.diag(hessian).clamp_min(1e-2)
-    per_axis = 1 / torch.diag(hessian).clamp_min(1e-2)
-    variance = torch.where(
-        torch.isfinite(variance) & (variance > 0), variance, per_axis
-    )
-    variance = variance.nan_to_num(1.0).clamp(1e-10, 4.0)
-    inverse_mass = _unflat(names, shapes, variance)
-
-    starts = []
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(chains):
-        for scale in (0.5, 0.1, 0.0):
-            jitter = torch.randn(d, generator=generator, dtype=torch.float64)
-            z = mode + scale * variance.sqrt() * jitter
-            if torch.isfinite(potential(z)):
-                break
-        else:
-            z = mode
-        values = _unflat(names, shapes, z)
-        starts.append({n: transforms[n].inv(values[n]).detach() for n in names})
-    return starts, inverse_mass
+    return names, shapes, transforms, potential, mode, hessian

@@ -1,0 +1,98 @@
+"""`noncentered="auto"`: each normal population's form from the data. Groups whose
+data pin their values down are sampled centered; groups with little data keep the
+non-centered offsets that avoid the funnel."""
+
+from __future__ import annotations
+
+import pytest
+from sbi_plugins_ddm import simulate_dataset
+
+import sbi_plugins
+from sbi_plugins.data import prepare_data
+from sbi_plugins.likelihoods.distribution import Likelihood
+from sbi_plugins.model.centering import (
+    DATA_DOMINATES,
+    choose_centering,
+    population_forms,
+)
+from sbi_plugins.model.model import build_model, plan_model
+
+POOLING = {"v": "partial", "a": "complete", "z": "complete", "t": "complete"}
+
+
+def _choose(trials_per_subject: int, noncentered: bool = True, pooling=POOLING):
+    sim = sbi_plugins.get_simulator("ddm")
+    trials, _ = simulate_dataset(4, trials_per_subject, seed=3)
+    data = prepare_data(trials, sim, "participant_id")
+    plans = plan_model(sim, trials, "participant_id", pooling, None, None, noncentered)
+    lik = Likelihood(sim)  # the exact density: the rule needs no estimator
+    return choose_centering(plans, lambda p: build_model(p, data, lik, None))
+
+
+def test_groups_with_much_data_are_centered_and_with_little_are_not():
+    many, curvature = _choose(200)
+    assert curvature["v"] > DATA_DOMINATES
+    assert not next(p for p in many if p.name == "v").noncentered
+    few, curvature = _choose(3)
+    assert curvature["v"] < DATA_DOMINATES
+    assert next(p for p in few if p.name == "v").noncentered
+    # what attrs say: the form, and the curvature it was chosen on
+    forms = population_forms(many, _choose(200)[1])
+    assert list(forms) == ["v"] and forms["v"].startswith("centered (offset curv")
+
+
+def test_all_populations_are_centered_or_none():
+    """A mix was slower than either form: one population the data do not pin
+    down keeps every population non-centered."""
+    plans, curvature = _choose(200, pooling=POOLING | {"z": "partial"})
+    assert curvature["v"] > DATA_DOMINATES > curvature["z"]
+    assert all(p.noncentered for p in plans if p.name in ("v", "z"))
+
+
+def test_nothing_to_choose_without_a_non_centered_population():
+    plans, curvature = _choose(200, noncentered=False)
+    assert curvature == {} and not any(getattr(p, "noncentered", 0) for p in plans)
+
+
+def test_noncentered_must_be_true_false_or_auto(cookie_data):
+    with pytest.raises(sbi_plugins.SbiPluginsError, match="True, False or 'auto'"):
+        sbi_plugins.fit(cookie_data, "cookie", group="location", noncentered="yes")
+
+
+def test_the_command_line_forms():
+    from sbi_plugins.cli import build_parser
+
+    def form(*extra):
+        args = ["fit", "ddm", "data.csv", "--out", "fit.nc", *extra]
+        return build_parser().parse_args(args).noncentered
+
+    assert form() is True and form("--centered") is False
+    assert form("--auto-centering") == "auto"
+    with pytest.raises(SystemExit):  # one form or the other
+        form("--centered", "--auto-centering")
+
+
+def test_a_fit_records_the_form_it_sampled():
+    import json
+
+    trials, _ = simulate_dataset(3, 30, seed=3)
+    fits = {
+        form: sbi_plugins.fit(
+            trials,
+            "ddm",
+            group="participant_id",
+            pooling=POOLING,
+            likelihood="exact",
+            noncentered=form,
+            draws=10,
+            tune=10,
+            chains=1,
+            seed=1,
+            progress=False,
+            posterior_predictive=False,
+        )
+        for form in (True, False, "auto")
+    }
+    said = {form: json.loads(f.attrs["populations"]) for form, f in fits.items()}
+    assert said[True] == {"v": "non-centered"} and said[False] == {"v": "centered"}
+    assert "offset curvature" in said["auto"]["v"]  # and the number behind it
