@@ -206,6 +206,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         prior_predictive=args.prior_predictive or False,
         refine=parse_refine(args.refine),
         log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
+        log_likelihood_draws=True
+        if args.log_likelihood_draws is None
+        else args.log_likelihood_draws,
         noncentered=not args.centered,
         deadline=parse_deadline(args.deadline),
     )
@@ -415,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="the pointwise log-likelihood for az.loo / compare: float32 (default, "
         "half the size), float64, or none (left out)",
+    )
+    p.add_argument(
+        "--log-likelihood-draws",
+        type=int,
+        metavar="DRAWS",
+        help="draws per chain the pointwise log-likelihood keeps (default: all up "
+        "to 50 million values, evenly spaced draws beyond; --draws for all)",
     )
     p.add_argument(
         "--deadline",

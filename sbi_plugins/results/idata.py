@@ -68,6 +68,7 @@ def build_inference_data(
     log_likelihood: np.ndarray | None,
     posterior_predictive: dict[str, np.ndarray] | None,
     predictive_draw_index: np.ndarray | None = None,
+    log_likelihood_draw_index: np.ndarray | None = None,
     data: PreparedData,
     simulator: Simulator,
     attrs: dict[str, Any],
@@ -80,7 +81,9 @@ def build_inference_data(
     """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...).
     `dims`/`coords` name the dims of the posterior's (and prior's) variables;
     `prior` and `prior_predictive` fill ArviZ's groups of those names; `conditions`
-    (the data's other columns, per row) join the group index in `constant_data`."""
+    (the data's other columns, per row) join the group index in `constant_data`.
+    `predictive_draw_index` / `log_likelihood_draw_index` name the posterior draws
+    a thinned group kept (its `draw` coordinate)."""
     group_dim = data.group_dim
     dims = dict(dims or {})
     observed = observable_dtypes(
@@ -133,12 +136,21 @@ def build_inference_data(
     idata.constant_data = idata.constant_data.assign_coords(
         {group_dim: all_coords[group_dim]}
     )
-    if posterior_predictive is not None and predictive_draw_index is not None:
-        idata.posterior_predictive = idata.posterior_predictive.assign_coords(
-            draw=predictive_draw_index
-        )
     for group in idata.groups():
         idata[group].attrs.update(attrs)
+    kept = {
+        "posterior_predictive": predictive_draw_index,
+        "log_likelihood": log_likelihood_draw_index,
+    }
+    for group, index in kept.items():
+        if group in idata.groups() and index is not None:
+            setattr(idata, group, idata[group].assign_coords(draw=index))
+            draws = idata.posterior.sizes["draw"]
+            if len(index) < draws:
+                idata[group].attrs["thinned"] = (
+                    f"{len(index)} of {draws} draws per chain, evenly spaced (the "
+                    "draw coordinate names them), to bound the result's size"
+                )
     return idata
 
 

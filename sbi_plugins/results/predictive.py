@@ -36,14 +36,21 @@ def draw_batches(num_draws: int, num_rows: int) -> list[slice]:
 
 
 def predictive_draws(
-    request: bool | int, shape: tuple[int, int], num_rows: int
+    request: bool | int,
+    shape: tuple[int, int],
+    num_rows: int,
+    budget: int = PREDICTIVE_ROWS,
 ) -> np.ndarray:
-    """Which draws (the same in every chain) get a simulated data set."""
+    """Which draws (the same in every chain) get a simulated data set: with
+    `request` True, every draw while chains x draws x rows stays within `budget`,
+    else as many draws per chain as fit in it, evenly spaced; an int asks for that
+    many per chain; False for none. The pointwise log-likelihood is thinned by the
+    same rule, with a budget of its own."""
     chains, draws = shape
     if request is False:
         return np.arange(0)
     if request is True:
-        wanted = min(draws, max(1, PREDICTIVE_ROWS // max(1, chains * num_rows)))
+        wanted = min(draws, max(1, budget // max(1, chains * num_rows)))
     else:
         wanted = max(1, min(int(request), draws))
     return np.unique(np.linspace(0, draws - 1, wanted).round().astype(int))
