@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 import torch
 from large_study import FORMULAS, study
+from memory import PeakMemory, tree_pss_mib
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.util import initialize_model
 
@@ -114,6 +115,14 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--likelihood", choices=["exact", "neural"], default="exact")
     parser.add_argument(
+        "--posterior-predictive",
+        type=int,
+        metavar="DRAWS",
+        help="draws per chain simulated (default: fit's, at most 2 million rows); "
+        "more is simulated while it is written, and the peak memory of writing shows "
+        "that it never is whole in memory",
+    )
+    parser.add_argument(
         "--log-likelihood-draws",
         default="auto",
         help="draws per chain the log-likelihood keeps: auto (fit's default), all or N",
@@ -156,7 +165,8 @@ def main() -> None:
         flush=True,
     )
     cells = dataclasses.replace(prepared, group_index=model.cells.index)
-    selected = predictive_draws(True, shape, len(prepared.x))
+    wanted = args.posterior_predictive
+    selected = predictive_draws(wanted or True, shape, len(prepared.x))
     start = time.perf_counter()
     predictive = simulate_predictive(sim, theta, cells, 1, selected, workers=1)
     print(
@@ -183,8 +193,9 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "fit.nc"
-        start = time.perf_counter()
-        _write_netcdf(idata, path)
+        start, before = time.perf_counter(), tree_pss_mib()
+        with PeakMemory(interval=0.1) as peak:
+            _write_netcdf(idata, path)
         written = time.perf_counter() - start
         on_disk = storage_mib(path)
         total = path.stat().st_size / 2**20
@@ -193,6 +204,12 @@ def main() -> None:
         memory = idata[name].nbytes / 2**20
         print(f"{name:<22}{memory:12.1f}{on_disk.get(name, 0):13.1f}")
     print(f"{'file':<22}{'':>12}{total:13.1f}   (written in {written:.0f} s)")
+    lazy = "" if isinstance(predictive["rt"], np.ndarray) else ", simulated as written"
+    print(
+        f"memory while writing: {before:.0f} MiB before, peak {peak.mib:.0f} MiB "
+        f"(posterior predictive {idata.posterior_predictive.nbytes / 2**20:.0f} MiB "
+        f"whole{lazy})"
+    )
     loo = az.loo(idata)
     noise = elpd_monte_carlo_sd(log_likelihood)
     print(

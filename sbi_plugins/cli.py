@@ -185,6 +185,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out)
+    if args.posterior_predictive is not None and args.posterior_predictive < 0:
+        raise CliError(
+            "--posterior-predictive must be 0 (none) or more draws per chain"
+        )
     idata = fit(
         args.data,
         args.simulator,
@@ -204,6 +208,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
         p_outlier=parse_p_outlier(args.p_outlier),
         method=args.method,
         prior_predictive=args.prior_predictive or False,
+        posterior_predictive=True
+        if args.posterior_predictive is None
+        else args.posterior_predictive or False,
         refine=parse_refine(args.refine),
         log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
         log_likelihood_draws=True
@@ -393,6 +400,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=tuple(METHODS),
         default="nuts",
         help="inference method (default: nuts)",
+    )
+    p.add_argument(
+        "--posterior-predictive",
+        type=int,
+        metavar="DRAWS",
+        help="draws per chain with a data set simulated at each (default: all up to "
+        "2 million simulated rows, evenly spaced draws beyond; 0: none); a larger "
+        "predictive is written to --out batch by batch, never whole in memory",
     )
     p.add_argument(
         "--prior-predictive",

@@ -90,7 +90,9 @@ def fit(
 
     `posterior_predictive`: True simulates one data set per draw, thinned evenly to
     at most 2 million simulated rows for large data; an int asks for that many draws
-    per chain; False skips it.
+    per chain; False skips it. A predictive beyond 2 million rows is returned as
+    dask arrays simulated batch by batch when read: `idata.to_netcdf` (the CLI's
+    `--out`) streams it to disk without holding it whole.
 
     `formulas`, e.g. `{"v": "v ~ 1 + difficulty + (1|participant_id)"}`, give
     parameters regression formulas (see `sbi_plugins.model.formulas`); the others

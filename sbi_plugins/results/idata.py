@@ -13,10 +13,9 @@ from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
 from sbi_plugins.inference.nuts import STAT_DTYPES
 from sbi_plugins.model.model import observation_site
+from sbi_plugins.results.predictive import DISCRETE_KINDS
 
 OBS_DIM = "__obs__"
-
-DISCRETE_KINDS = ("count", "choice")
 
 
 def data_fingerprint(x: np.ndarray) -> str:
@@ -36,10 +35,14 @@ def observable_dtypes(
 ) -> dict[str, np.ndarray]:
     """Counts and choices as integers, so that `az.plot_ppc` draws bars, not a
     density of spikes; continuous values stay float. Values that are not all
-    whole numbers (a choice coded 0.5, a failed simulation's NaN) stay float."""
+    whole numbers (a choice coded 0.5, a failed simulation's NaN) stay float.
+    A lazy (dask) predictive has its dtypes already and stays unread."""
     kinds = {o.name: o.kind for o in simulator.observables}
     out = {}
     for name, value in values.items():
+        if hasattr(value, "__dask_graph__"):
+            out[name] = value
+            continue
         value = np.asarray(value)
         if (
             kinds.get(name) in DISCRETE_KINDS
