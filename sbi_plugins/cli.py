@@ -187,6 +187,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _refuse_existing(out)
+    if args.posterior_predictive is not None and args.posterior_predictive < 0:
+        raise CliError(
+            "--posterior-predictive must be 0 (none) or more draws per chain"
+        )
     if args.no_progress:  # minutes of silence read as a hang
         print(
             f"sbi-plugins: fitting {args.simulator} to {args.data}, {args.chains} "
@@ -214,8 +218,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         p_outlier=parse_p_outlier(args.p_outlier),
         method=args.method,
         prior_predictive=args.prior_predictive or False,
+        posterior_predictive=True
+        if args.posterior_predictive is None
+        else args.posterior_predictive or False,
         refine=parse_refine(args.refine),
         log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
+        log_likelihood_draws=True
+        if args.log_likelihood_draws is None
+        else args.log_likelihood_draws,
         noncentered=args.noncentered,
         deadline=parse_deadline(args.deadline),
     )
@@ -402,6 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="inference method (default: nuts)",
     )
     p.add_argument(
+        "--posterior-predictive",
+        type=int,
+        metavar="DRAWS",
+        help="draws per chain with a data set simulated at each (default: all up to "
+        "2 million simulated rows, evenly spaced draws beyond; 0: none); a larger "
+        "predictive is written to --out batch by batch, never whole in memory",
+    )
+    p.add_argument(
         "--prior-predictive",
         type=int,
         nargs="?",
@@ -425,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="float32",
         help="the pointwise log-likelihood for az.loo / compare: float32 (default, "
         "half the size), float64, or none (left out)",
+    )
+    p.add_argument(
+        "--log-likelihood-draws",
+        type=int,
+        metavar="DRAWS",
+        help="draws per chain the pointwise log-likelihood keeps (default: all up "
+        "to 50 million values, evenly spaced draws beyond; --draws for all)",
     )
     p.add_argument(
         "--deadline",

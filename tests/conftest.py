@@ -64,3 +64,19 @@ def tiny_cookie_estimator(cookie):
         max_num_epochs=6,
         training_batch_size=256,
     )
+
+
+@pytest.fixture
+def simulated_batches(monkeypatch) -> list[slice]:
+    """The batches the posterior predictive simulates, in the order it does."""
+    from sbi_plugins.results import predictive
+
+    simulated: list[slice] = []
+    simulate_batch = predictive.simulate_batch
+
+    def spy(job, index, batch):
+        simulated.append(batch)
+        return simulate_batch(job, index, batch)
+
+    monkeypatch.setattr(predictive, "simulate_batch", spy)
+    return simulated

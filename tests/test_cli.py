@@ -357,3 +357,39 @@ def test_fit_refine_on_records_the_rounds(capsys, csv, tmp_path, monkeypatch):
     assert code == 0 and out.exists()
     record = json.loads(az.from_netcdf(out).posterior.attrs["refinement"])
     assert record["settings"]["simulations"] == 5000 and record["rounds"]
+
+
+def test_fit_streams_a_large_predictive_and_thins_the_log_likelihood(
+    capsys, tmp_path, csv, monkeypatch, simulated_batches
+):
+    """--posterior-predictive beyond what is held in memory is written to --out
+    batch by batch; --log-likelihood-draws keeps that many draws per chain."""
+    from sbi_plugins.results import predictive
+
+    monkeypatch.setattr(predictive, "PREDICTIVE_ROWS", 1000)  # 2 x 40 x 40 rows
+    simulated = simulated_batches
+    out = tmp_path / "fit.nc"
+    code, _, _ = run(
+        capsys,
+        *("fit", "cookie", csv, "--group", "location", "--out", out, *QUICK),
+        *("--likelihood", "exact", "--seed", "2"),
+        *("--posterior-predictive", "40", "--log-likelihood-draws", "10"),
+    )
+    assert code == 0
+    idata = az.from_netcdf(out)
+    chips = idata.posterior_predictive["chips"]
+    assert chips.shape == (2, 40, 40) and chips.dtype == np.int64
+    assert (chips.values >= 0).all()
+    assert sorted(simulated, key=lambda b: b.start) == predictive.chain_batches(
+        2, 40, 40
+    )
+    kept = idata.log_likelihood
+    assert kept.sizes["draw"] == 10 and "10 of 40 draws" in kept.attrs["thinned"]
+    assert kept["draw"].values[[0, -1]].tolist() == [0, 39]
+    bad = ["fit", "cookie", csv, "--group", "location", "--out", tmp_path / "b.nc"]
+    assert_user_error(
+        capsys, [*bad, "--posterior-predictive", "-1"], r"--posterior-predictive"
+    )
+    assert_user_error(
+        capsys, [*bad, "--log-likelihood-draws", "0"], r"log_likelihood_draws must"
+    )

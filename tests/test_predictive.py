@@ -67,3 +67,34 @@ def test_each_row_is_simulated_at_its_groups_parameters(ddm_setup):
     n = 2 * 50 * 20
     assert share[0] < 0.3 and share[2] > 0.9
     assert abs(share[1] - 0.5) < 4 * np.sqrt(0.25 / n)
+
+
+def test_a_predictive_too_large_to_hold_is_simulated_lazily_to_the_same_values(
+    ddm_setup, monkeypatch, tmp_path, simulated_batches
+):
+    """Beyond PREDICTIVE_ROWS the predictive is dask arrays of the same seeded
+    batches: the same values as held in memory, choices as integers, and written
+    to netCDF one batch at a time."""
+    import arviz as az
+
+    sim, prepared, theta = ddm_setup
+    selected = np.arange(50)
+    held = predictive.simulate_predictive(sim, theta, prepared, 3, selected, workers=1)
+    monkeypatch.setattr(predictive, "PREDICTIVE_ROWS", 2 * 50 * 60 - 1)
+    simulated = simulated_batches
+    simulated.clear()  # held's
+    lazy = predictive.simulate_predictive(sim, theta, prepared, 3, selected)
+    assert not simulated  # nothing simulated before it is read
+    assert lazy["rt"].dtype == np.float64 and lazy["response"].dtype == np.int64
+    np.testing.assert_array_equal(lazy["rt"].compute(), held["rt"])
+    np.testing.assert_array_equal(lazy["response"].compute(), held["response"])
+    assert len(simulated) == 2 * len(predictive.chain_batches(2, 50, 60))
+    simulated.clear()
+    path = tmp_path / "predictive.nc"
+    az.from_dict(posterior_predictive=lazy).to_netcdf(str(path))
+    batches = predictive.chain_batches(2, 50, 60)
+    assert sorted(simulated, key=lambda b: b.start) == batches  # once each
+    assert max(b.stop - b.start for b in simulated) * 60 <= predictive.ROWS_PER_BATCH
+    back = az.from_netcdf(path).posterior_predictive
+    np.testing.assert_array_equal(back["rt"].values, held["rt"])
+    np.testing.assert_array_equal(back["response"].values, held["response"])

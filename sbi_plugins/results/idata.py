@@ -13,10 +13,9 @@ from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
 from sbi_plugins.inference.nuts import STAT_DTYPES
 from sbi_plugins.model.model import observation_site
+from sbi_plugins.results.predictive import DISCRETE_KINDS
 
 OBS_DIM = "__obs__"
-
-DISCRETE_KINDS = ("count", "choice")
 
 
 def data_fingerprint(x: np.ndarray) -> str:
@@ -36,10 +35,14 @@ def observable_dtypes(
 ) -> dict[str, np.ndarray]:
     """Counts and choices as integers, so that `az.plot_ppc` draws bars, not a
     density of spikes; continuous values stay float. Values that are not all
-    whole numbers (a choice coded 0.5, a failed simulation's NaN) stay float."""
+    whole numbers (a choice coded 0.5, a failed simulation's NaN) stay float.
+    A lazy (dask) predictive has its dtypes already and stays unread."""
     kinds = {o.name: o.kind for o in simulator.observables}
     out = {}
     for name, value in values.items():
+        if hasattr(value, "__dask_graph__"):
+            out[name] = value
+            continue
         value = np.asarray(value)
         if (
             kinds.get(name) in DISCRETE_KINDS
@@ -68,6 +71,7 @@ def build_inference_data(
     log_likelihood: np.ndarray | None,
     posterior_predictive: dict[str, np.ndarray] | None,
     predictive_draw_index: np.ndarray | None = None,
+    log_likelihood_draw_index: np.ndarray | None = None,
     data: PreparedData,
     simulator: Simulator,
     attrs: dict[str, Any],
@@ -80,7 +84,9 @@ def build_inference_data(
     """Assemble the groups DESIGN.md lists; every array is (chain, draw, ...).
     `dims`/`coords` name the dims of the posterior's (and prior's) variables;
     `prior` and `prior_predictive` fill ArviZ's groups of those names; `conditions`
-    (the data's other columns, per row) join the group index in `constant_data`."""
+    (the data's other columns, per row) join the group index in `constant_data`.
+    `predictive_draw_index` / `log_likelihood_draw_index` name the posterior draws
+    a thinned group kept (its `draw` coordinate)."""
     group_dim = data.group_dim
     dims = dict(dims or {})
     observed = observable_dtypes(
@@ -133,12 +139,21 @@ def build_inference_data(
     idata.constant_data = idata.constant_data.assign_coords(
         {group_dim: all_coords[group_dim]}
     )
-    if posterior_predictive is not None and predictive_draw_index is not None:
-        idata.posterior_predictive = idata.posterior_predictive.assign_coords(
-            draw=predictive_draw_index
-        )
     for group in idata.groups():
         idata[group].attrs.update(attrs)
+    kept = {
+        "posterior_predictive": predictive_draw_index,
+        "log_likelihood": log_likelihood_draw_index,
+    }
+    for group, index in kept.items():
+        if group in idata.groups() and index is not None:
+            setattr(idata, group, idata[group].assign_coords(draw=index))
+            draws = idata.posterior.sizes["draw"]
+            if len(index) < draws:
+                idata[group].attrs["thinned"] = (
+                    f"{len(index)} of {draws} draws per chain, evenly spaced (the "
+                    "draw coordinate names them), to bound the result's size"
+                )
     return idata
 
 
