@@ -12,6 +12,7 @@ import json
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -182,6 +183,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+ANNOUNCE_AFTER = 30.0
+"""Seconds after which a fit without progress bars says it is under way."""
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from sbi_plugins.runner import fit
 
@@ -191,44 +196,53 @@ def cmd_fit(args: argparse.Namespace) -> int:
         raise CliError(
             "--posterior-predictive must be 0 (none) or more draws per chain"
         )
-    if args.no_progress:  # minutes of silence read as a hang
-        print(
-            f"sbi-plugins: fitting {args.simulator} to {args.data}, {args.chains} "
-            f"chains x ({args.tune} + {args.draws}), progress bars off",
-            file=sys.stderr,
-            flush=True,
-        )
     started = time.perf_counter()
-    idata = fit(
-        args.data,
-        args.simulator,
-        group=args.group,
-        pooling=parse_pooling(args.pooling),
-        formulas=args.formula,
-        estimator=args.estimator,
-        likelihood=args.likelihood,
-        draws=args.draws,
-        tune=args.tune,
-        chains=args.chains,
-        target_accept=args.target_accept,
-        seed=args.seed,
-        cores=args.cores,
-        progress=not args.no_progress,
-        compile=args.compile,
-        p_outlier=parse_p_outlier(args.p_outlier),
-        method=args.method,
-        prior_predictive=args.prior_predictive or False,
-        posterior_predictive=True
-        if args.posterior_predictive is None
-        else args.posterior_predictive or False,
-        refine=parse_refine(args.refine),
-        log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
-        log_likelihood_draws=True
-        if args.log_likelihood_draws is None
-        else args.log_likelihood_draws,
-        noncentered=args.noncentered,
-        deadline=parse_deadline(args.deadline),
+    # minutes of silence read as a hang; a bad table is refused well before it
+    announce = threading.Timer(
+        ANNOUNCE_AFTER,
+        print,
+        [
+            f"sbi-plugins: fitting {args.simulator} to {args.data}, {args.chains} "
+            f"chains x ({args.tune} + {args.draws}), progress bars off"
+        ],
+        {"file": sys.stderr, "flush": True},
     )
+    announce.daemon = True
+    if args.no_progress:
+        announce.start()
+    try:
+        idata = fit(
+            args.data,
+            args.simulator,
+            group=args.group,
+            pooling=parse_pooling(args.pooling),
+            formulas=args.formula,
+            estimator=args.estimator,
+            likelihood=args.likelihood,
+            draws=args.draws,
+            tune=args.tune,
+            chains=args.chains,
+            target_accept=args.target_accept,
+            seed=args.seed,
+            cores=args.cores,
+            progress=not args.no_progress,
+            compile=args.compile,
+            p_outlier=parse_p_outlier(args.p_outlier),
+            method=args.method,
+            prior_predictive=args.prior_predictive or False,
+            posterior_predictive=True
+            if args.posterior_predictive is None
+            else args.posterior_predictive or False,
+            refine=parse_refine(args.refine),
+            log_likelihood=LOG_LIKELIHOOD[args.log_likelihood],
+            log_likelihood_draws=True
+            if args.log_likelihood_draws is None
+            else args.log_likelihood_draws,
+            noncentered=args.noncentered,
+            deadline=parse_deadline(args.deadline),
+        )
+    finally:
+        announce.cancel()
     _write_netcdf(idata, out)
     import arviz as az
 

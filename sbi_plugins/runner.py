@@ -37,9 +37,9 @@ from sbi_plugins.estimators.refinement import (
 )
 from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import Settings, get_method
+from sbi_plugins.inference.centering import choose_centering, population_forms
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
-from sbi_plugins.model.centering import choose_centering, population_forms
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
 from sbi_plugins.model.support import check_explainable
 from sbi_plugins.plugin.registry import get_simulator
@@ -146,7 +146,7 @@ def fit(
     default priors) through standard-normal offsets per group, as Bambi and HSSM
     do; False samples the groups' values directly; "auto" chooses from the data:
     centered where every group's data pin its value down, which is faster there
-    (`sbi_plugins.model.centering`). The posterior is the same; attrs record the
+    (`sbi_plugins.inference.centering`). The posterior is the same; attrs record the
     form. The groups' values are in the posterior either way.
 
     `deadline`: the time (seconds), or the name of a column of per-trial times

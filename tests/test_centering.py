@@ -9,12 +9,12 @@ from sbi_plugins_ddm import simulate_dataset
 
 import sbi_plugins
 from sbi_plugins.data import prepare_data
-from sbi_plugins.likelihoods.distribution import Likelihood
-from sbi_plugins.model.centering import (
+from sbi_plugins.inference.centering import (
     DATA_DOMINATES,
     choose_centering,
     population_forms,
 )
+from sbi_plugins.likelihoods.distribution import Likelihood
 from sbi_plugins.model.model import build_model, plan_model
 
 POOLING = {"v": "partial", "a": "complete", "z": "complete", "t": "complete"}

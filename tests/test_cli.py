@@ -144,7 +144,11 @@ def test_bad_pooling_spec(capsys, tmp_path, csv):
     )
 
 
-def test_fit_then_compare(capsys, tmp_path, csv):
+def test_fit_then_compare(capsys, tmp_path, csv, monkeypatch):
+    import sbi_plugins.cli
+
+    # a fit longer than this says it is under way (30 s; here at once)
+    monkeypatch.setattr(sbi_plugins.cli, "ANNOUNCE_AFTER", 0.0)
     a, b = tmp_path / "partial.nc", tmp_path / "complete.nc"
     code, out, err = run(
         capsys,
@@ -160,7 +164,7 @@ def test_fit_then_compare(capsys, tmp_path, csv):
         *QUICK,
     )
     assert code == 0 and a.exists() and "lam_mu" in out
-    # without progress bars, one line says the fit is under way, and the end its time
+    # without progress bars, a line says the fit is under way, and the end its time
     assert "fitting cookie to" in err and "2 chains x (40 + 40)" in err
     assert re.search(r"wrote .*partial\.nc \(\d+ s\)", out)
     code, _, _ = run(
