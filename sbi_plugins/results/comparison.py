@@ -62,9 +62,16 @@ def compare(
         warnings.filterwarnings("ignore", message="The inplace keyword")
         # ArviZ warns once per fit without naming it; said below, per fit, instead
         warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
-        table = az.compare(loaded, **kwargs)
+        if kwargs.get("ic", "loo") != "loo":
+            return az.compare(loaded, **kwargs)
+        # PSIS-LOO once per fit, for the table and for the rows it cannot trust
+        loos = {
+            name: az.loo(idata, pointwise=True, scale=kwargs.get("scale"))
+            for name, idata in loaded.items()
+        }
+        table = az.compare(loos, **kwargs)
     for name, idata in loaded.items():
-        warn_unreliable_loo(name, idata)
+        warn_unreliable_loo(name, idata, loos[name])
     return table
 
 
@@ -92,9 +99,11 @@ def pareto_k_rows(
     return labels[bad].tolist(), labels[constant & (k > PARETO_K_MAX)].tolist()
 
 
-def warn_unreliable_loo(name: str, idata: az.InferenceData) -> None:
+def warn_unreliable_loo(
+    name: str, idata: az.InferenceData, loo: az.ELPDData | None = None
+) -> None:
     """One warning per fit whose PSIS-LOO has rows with k above 0.7, naming them."""
-    bad, constant = pareto_k_rows(idata)
+    bad, constant = pareto_k_rows(idata, loo)
     if not bad:
         return
     shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
