@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/sbi-plugins demo --out sbi-plugins-demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=40
 	$(BIN)/ruff check .
 
 lint: $(STAMP)

@@ -577,8 +577,9 @@ def _row_note(exc: SbiPluginsError) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # ArviZ's message starts with a newline, which "." does not match.
     warnings.filterwarnings(
-        "ignore", message=".*ArviZ is undergoing a major refactor.*"
+        "ignore", message=r"\s*ArviZ is undergoing a major refactor"
     )
     warnings.formatwarning = _one_line
     try:

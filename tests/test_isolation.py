@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -223,19 +224,23 @@ def test_strict_mode_makes_each_failure_fatal(site, monkeypatch, capsys, name):
 
 
 def _cli(site: Path, *argv: str, **env: str) -> subprocess.CompletedProcess:
-    environment = {
-        **os.environ,
-        "PYTHONPATH": str(site),
-        "SBI_PLUGINS_LOAD_PLUGINS": ",".join([*PLUGINS, "cookie"]),
-        **env,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "sbi_plugins.cli", *argv],
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    """Each run has an empty cache folder, so ArviZ's once-a-day FutureWarning
+    fires every time (as on a user's first run of the day) and must be silenced."""
+    with tempfile.TemporaryDirectory() as cache:
+        environment = {
+            **os.environ,
+            "PYTHONPATH": str(site),
+            "SBI_PLUGINS_LOAD_PLUGINS": ",".join([*PLUGINS, "cookie"]),
+            "XDG_CACHE_HOME": cache,
+            **env,
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "sbi_plugins.cli", *argv],
+            env=environment,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
 
 
 def test_a_real_process_lists_them_and_strict_mode_exits_2(site):
