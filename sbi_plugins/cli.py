@@ -474,21 +474,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     form = p.add_mutually_exclusive_group()
     form.add_argument(
-        "--centered",
-        dest="noncentered",
-        action="store_const",
-        const=False,
-        default=True,
-        help="sample each group's value of a normal population directly, not "
-        "through standard-normal offsets (the default, as Bambi and HSSM)",
-    )
-    form.add_argument(
         "--auto-centering",
         dest="noncentered",
         action="store_const",
         const="auto",
-        help="choose from the data: every population centered where each group's "
-        "data pin its value down (faster there), else non-centered",
+        default="auto",
+        help="the default: every normal population sampled centered where each "
+        "group's data pin its value down (faster there), else non-centered",
+    )
+    form.add_argument(
+        "--noncentered",
+        dest="noncentered",
+        action="store_const",
+        const=True,
+        help="sample every normal population through standard-normal offsets per "
+        "group (as Bambi and HSSM), whatever the data",
+    )
+    form.add_argument(
+        "--centered",
+        dest="noncentered",
+        action="store_const",
+        const=False,
+        help="sample each group's value of a normal population directly",
     )
     p.add_argument(
         "--out",

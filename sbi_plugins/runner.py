@@ -80,7 +80,7 @@ def fit(
     refine: RefineRequest = "auto",
     log_likelihood: bool | str = True,
     log_likelihood_draws: bool | int = True,
-    noncentered: bool | str = True,
+    noncentered: bool | str = "auto",
     deadline: float | str | None = None,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data (NUTS by default).
@@ -142,12 +142,13 @@ def fit(
     a number keeps that many draws per chain (`draws`: all of them). The group's
     `draw` coordinate names the draws kept, and its `thinned` attr says so.
 
-    `noncentered`: True (the default) samples each normal population (the
-    default priors) through standard-normal offsets per group, as Bambi and HSSM
-    do; False samples the groups' values directly; "auto" chooses from the data:
-    centered where every group's data pin its value down, which is faster there
-    (`sbi_plugins.inference.centering`). The posterior is the same; attrs record the
-    form. The groups' values are in the posterior either way.
+    `noncentered`: "auto" (the default) chooses each normal population's form
+    from the posterior's mode: centered (the groups' values sampled directly)
+    where every group's data pin its value down, which is faster there, else
+    non-centered (`sbi_plugins.inference.centering`); True samples through
+    standard-normal offsets per group, as Bambi and HSSM do; False directly. The
+    posterior is the same; attrs record the form. The groups' values are in the
+    posterior either way.
 
     `deadline`: the time (seconds), or the name of a column of per-trial times
     (HSSM's `deadline`), after which a trial ended without a response. Rows whose

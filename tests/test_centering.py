@@ -66,8 +66,8 @@ def test_the_command_line_forms():
         args = ["fit", "ddm", "data.csv", "--out", "fit.nc", *extra]
         return build_parser().parse_args(args).noncentered
 
-    assert form() is True and form("--centered") is False
-    assert form("--auto-centering") == "auto"
+    assert form() == "auto" and form("--auto-centering") == "auto"
+    assert form("--centered") is False and form("--noncentered") is True
     with pytest.raises(SystemExit):  # one form or the other
         form("--centered", "--auto-centering")
 
@@ -83,7 +83,7 @@ def test_a_fit_records_the_form_it_sampled():
             group="participant_id",
             pooling=POOLING,
             likelihood="exact",
-            noncentered=form,
+            **({} if form is None else {"noncentered": form}),
             draws=10,
             tune=10,
             chains=1,
@@ -91,8 +91,9 @@ def test_a_fit_records_the_form_it_sampled():
             progress=False,
             posterior_predictive=False,
         )
-        for form in (True, False, "auto")
+        for form in (True, False, "auto", None)
     }
     said = {form: json.loads(f.attrs["populations"]) for form, f in fits.items()}
     assert said[True] == {"v": "non-centered"} and said[False] == {"v": "centered"}
     assert "offset curvature" in said["auto"]["v"]  # and the number behind it
+    assert said[None] == said["auto"]  # the default
