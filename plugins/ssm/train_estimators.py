@@ -7,8 +7,10 @@ simulations) with seed 2025, writes `sbi_plugins_ssm/estimators/MODEL-mnle.pt`, 
 records its checksum and held-out figures (mean log-likelihood per trial on 5,000
 fresh simulations, in the network's own space, against training's validation value)
 in `estimators/manifest.json`. About 5 minutes per model on one core of a 2-core
-x86_64 machine. Without arguments: every model in `TO_SHIP`; `--resume` keeps an
-estimator file already written and only checks and records it.
+x86_64 machine; `levy` about 17, 14 of them simulating (one ssm-simulators call
+per row: `simulator.NOISE_SHARED_BY_CALL`). Without arguments: every model in
+`TO_SHIP`; `--resume` keeps an estimator file already written and only checks and
+records it.
 """
 
 from __future__ import annotations

@@ -19,9 +19,13 @@ from sbi_plugins.contract import (
     Simulator,
 )
 from sbi_plugins_ssm.reference import REFERENCE_DENSITIES
-from sbi_plugins_ssm.simulator import SSMSimulate
+from sbi_plugins_ssm.simulator import NOISE_SHARED_BY_CALL, SSMSimulate
 
 PLUGIN_VERSION = "1"
+MODEL_VERSIONS = {"levy": "2", "levy_angle": "2"}
+"""Plugin version of the models whose simulation changed since: levy's noise is
+drawn per distinct alpha (`simulator.NOISE_SHARED_BY_CALL`), so an estimator
+trained on the earlier simulations is not reused."""
 
 
 def ssms_version() -> str:
@@ -219,16 +223,18 @@ def ssm_simulator(
     config = ModelConfig.lookup(name)
     names = config.params
     t_index = names.index("t") if onset_shift(names) else None
+    shared = NOISE_SHARED_BY_CALL.get(name)
+    split_index = names.index(shared) if shared else None
     return sequential_sampling_model(
         name,
-        SSMSimulate(name, t_index),
+        SSMSimulate(name, t_index, split_index),
         dict(zip(names, zip(config.lower, config.upper, strict=True), strict=True)),
         config.choices,
         description=description
         or DESCRIPTIONS.get(
             name, f"ssm-simulators' {name} ({len(config.choices)} choices)"
         ),
-        version=f"{PLUGIN_VERSION}+ssms{ssms_version()}",
+        version=f"{MODEL_VERSIONS.get(name, PLUGIN_VERSION)}+ssms{ssms_version()}",
         recipe=recipe,
         log_likelihood=REFERENCE_DENSITIES.get(name),
     )
