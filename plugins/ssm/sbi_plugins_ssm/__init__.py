@@ -27,7 +27,9 @@ MANIFEST = "manifest.json"
 
 TYPICAL = {"v": (0.8, 0.5), "a": (1.0, 0.2), "z": (0.5, 0.0), "t": (0.3, 0.0)}
 """Population (mean, sd) of the simulated example subjects, as in the ddm plugin;
-other parameters sit at the centre of their box with sd 5% of its width."""
+other parameters sit at the centre of their box with sd 5% of its width. A mean
+is moved to at least one sd inside the box's inner 90%: the races' `a` in [1, 3]
+(mean 1.0) would otherwise leave most subjects clipped at 1.1, no population."""
 
 
 def manifest() -> dict[str, dict]:
@@ -52,11 +54,12 @@ def simulate_dataset(
     if isinstance(simulator, str):
         simulator = ssm_simulator(simulator)
     rng = np.random.default_rng(seed)
-    spec = {**TYPICAL, **(population or {})}
     columns = {}
     for p in simulator.parameters:
-        mean, sd = spec.get(p.name, ((p.lower + p.upper) / 2, 0.05 * p.width))
         low, high = p.lower + 0.05 * p.width, p.upper - 0.05 * p.width
+        mean, sd = TYPICAL.get(p.name, ((p.lower + p.upper) / 2, 0.05 * p.width))
+        mean = min(max(mean, low + sd), high - sd)
+        mean, sd = (population or {}).get(p.name, (mean, sd))
         columns[p.name] = np.clip(rng.normal(mean, sd, size=n_subjects), low, high)
     truth = pd.DataFrame(columns)
     truth.index.name = "participant_id"
