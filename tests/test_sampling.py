@@ -130,3 +130,36 @@ def test_a_failing_chain_raises_its_own_error_naming_the_chain(monkeypatch, core
     with pytest.raises(ValueError, match="no start") as raised:
         _run(cores=cores)
     assert "(in chain 1)" in getattr(raised.value, "__notes__", ["(in chain 1)"])
+
+
+def _stiff_model() -> None:
+    """Scales a hundred-fold apart: with a unit mass matrix, every early
+    transition runs trees of about a hundred steps."""
+    pyro.sample("wide", dist.Normal(0.0, 1.0))
+    pyro.sample("narrow", dist.Normal(0.0, 1e-2))
+
+
+def _early_run(monkeypatch, max_dim: int) -> nuts.RecordingNUTS:
+    """One chain of 40 + 5 on the stiff model, with `MAX_DIM` (the Laplace
+    start's limit) at `max_dim`. Pyro's schedule for 40 warm-up steps: a start
+    buffer of 6, then a first mass-matrix window to step 35."""
+    from pyro.infer import MCMC
+
+    from sbi_plugins.inference import laplace
+
+    monkeypatch.setattr(laplace, "MAX_DIM", max_dim)
+    pyro.set_rng_seed(0)
+    kernel = nuts.RecordingNUTS(_stiff_model, jit_compile=False)
+    MCMC(kernel, num_samples=5, warmup_steps=40, disable_progbar=True).run()
+    return kernel
+
+
+def test_a_model_too_large_for_the_laplace_start_caps_its_early_trees(monkeypatch):
+    first_update = 36
+    uncapped = [r["tree_depth"] for r in _early_run(monkeypatch, 1000).records]
+    assert max(uncapped[:first_update]) > nuts.EARLY_TREE_DEPTH  # what the cap is for
+    kernel = _early_run(monkeypatch, max_dim=1)  # 2 dimensions count as large
+    capped = [r["tree_depth"] for r in kernel.records]
+    assert len(capped) == 45
+    assert max(capped[:first_update]) <= nuts.EARLY_TREE_DEPTH
+    assert kernel._max_tree_depth == 10  # the full depth once the mass is adapted
