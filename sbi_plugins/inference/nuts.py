@@ -29,7 +29,7 @@ PROGRESS_EVERY = 25
 EARLY_TREE_DEPTH = 5
 """The deepest tree (31 leapfrog steps) before the first mass-matrix update, in
 models of more than `sbi_plugins.inference.laplace.MAX_DIM` unconstrained
-dimensions (see `RecordingNUTS.sample`)."""
+dimensions (see `RecordingNUTS.setup`)."""
 
 
 @dataclass
@@ -63,6 +63,8 @@ class RecordingNUTS(NUTS):
         self._start_momentum: dict[Any, torch.Tensor] | None = None
         self._steps: dict[int, Any] = {}
         self._doublings: list[Any] = []
+        self._full_tree_depth = self._max_tree_depth
+        self._early_until = 0
 
     def _initialize_model_properties(self, model_args: Any, model_kwargs: Any) -> None:
         """Pyro's set-up (initial values, transforms), then the given potential,
@@ -96,7 +98,12 @@ class RecordingNUTS(NUTS):
         return tree
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        self._max_tree_depth = self._tree_depth_now()
+        early = self._t < self._early_until
+        self._max_tree_depth = (
+            min(EARLY_TREE_DEPTH, self._full_tree_depth)
+            if early
+            else self._full_tree_depth
+        )
         step_size = self.step_size
         self._start_momentum = None
         self._steps, self._doublings = {}, []
@@ -107,30 +114,25 @@ class RecordingNUTS(NUTS):
             self._steps, self._doublings = {}, []
         return z
 
-    def _tree_depth_now(self) -> int:
-        """`EARLY_TREE_DEPTH` until the first window of mass-matrix adaptation
-        ends, in a model too large for the Laplace start; the full depth after.
-        Such a model starts with a unit mass matrix, so until its first update
-        the step size is set by the stiffest direction and every transition runs
-        the maximal tree: on the 150-subject regression study (609 dimensions,
+    def setup(self, warmup_steps: int, *args: Any, **kwargs: Any) -> None:
+        """Pyro's set-up, then where trees stop being capped: at the end of the
+        first window of mass-matrix adaptation in a model too large for the
+        Laplace start (`EARLY_TREE_DEPTH` until then), nowhere otherwise. Such a
+        model starts with a unit mass matrix, so until its first update the step
+        size is set by the stiffest direction and every transition runs the
+        maximal tree: on the 150-subject regression study (609 dimensions,
         36,000 trials) 100 transitions of 1,023 gradients, 25 minutes per chain.
         Capped, those transitions still carry the chain into the typical set and
         give the first window its draws (forced on a smaller model, 40 subjects x
         2 x 120 trials, exact, one chain of 300 + 300: 217 s instead of 262 s,
         bulk ESS 48 instead of 50, the same posterior)."""
-        if not hasattr(self, "_full_tree_depth"):
-            from sbi_plugins.inference.laplace import MAX_DIM
+        from sbi_plugins.inference.laplace import MAX_DIM
 
-            self._full_tree_depth = self._max_tree_depth
-            dims = sum(v.numel() for v in self.initial_params.values())
-            schedule = self._adapter.adaptation_schedule
-            large = dims > MAX_DIM and self._adapter.adapt_mass_matrix
-            self._early_until = (
-                schedule[1].end + 1 if large and len(schedule) > 2 else 0
-            )
-        if self._t < self._early_until:
-            return min(EARLY_TREE_DEPTH, self._full_tree_depth)
-        return self._full_tree_depth
+        super().setup(warmup_steps, *args, **kwargs)
+        dims = sum(v.numel() for v in self.initial_params.values())
+        schedule = self._adapter.adaptation_schedule
+        large = dims > MAX_DIM and self._adapter.adapt_mass_matrix
+        self._early_until = schedule[1].end + 1 if large and len(schedule) > 2 else 0
 
     def _record(self, step_size: float) -> dict[str, float | int | bool]:
         """The transition's statistics, as Stan defines them: energy is the
