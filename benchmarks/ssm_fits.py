@@ -3,6 +3,7 @@
     python benchmarks/ssm_fits.py [MODEL ...] [--subjects 10 --trials 100]
                                   [--draws 1000 --tune 1000 --chains 4]
                                   [--pooling va | all] [--centered] [--noncentered]
+                                  [--mass-matrix diagonal | dense] [--no-predictive]
 
 For each model: 10 subjects x 100 trials simulated by `simulate_dataset` (seed 0),
 fitted with the shipped estimator. `--pooling va` (default) gives `v` and `a` a
@@ -95,12 +96,19 @@ def main() -> None:
         const=True,
         help="also fit with every population non-centered, and compare",
     )
+    parser.add_argument(
+        "--mass-matrix", choices=("diagonal", "dense"), default="diagonal"
+    )
+    parser.add_argument(
+        "--no-predictive", action="store_true", help="skip the posterior predictive"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.subjects} "
         f"subjects x {args.trials} trials; {args.chains} chains x ({args.tune} + "
-        f"{args.draws}); pooling {args.pooling}"
+        f"{args.draws}); pooling {args.pooling}; {args.mass_matrix} mass matrix"
+        + ("; no posterior predictive" if args.no_predictive else "")
     )
     for model in args.models:
         simulator = sbi_plugins.get_simulator(model)
@@ -125,6 +133,8 @@ def main() -> None:
                 progress=False,
                 refine=False,
                 noncentered=noncentered,
+                mass_matrix=args.mass_matrix,
+                posterior_predictive=not args.no_predictive,
             )
             seconds = time.perf_counter() - start
             summary = az.summary(idata, round_to="none")

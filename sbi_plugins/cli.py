@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.inference.base import METHODS
+from sbi_plugins.inference.nuts_method import MASS_MATRICES
 from sbi_plugins.outputs import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2
@@ -240,6 +241,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             else args.log_likelihood_draws,
             noncentered=args.noncentered,
             deadline=parse_deadline(args.deadline),
+            mass_matrix=args.mass_matrix,
         )
     finally:
         announce.cancel()
@@ -405,6 +407,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--likelihood", choices=("neural", "exact"), default="neural")
     p.add_argument("--estimator", help="estimator file (default: shipped or cached)")
     p.add_argument("--cores", type=int, default=None)
+    p.add_argument(
+        "--mass-matrix",
+        choices=MASS_MATRICES,
+        default="diagonal",
+        help="NUTS's mass matrix: diagonal (default) or dense, for posteriors where "
+        "a pooled parameter moves with many subjects' values (low ESS on it)",
+    )
     p.add_argument(
         "--compile",
         action=argparse.BooleanOptionalAction,

@@ -585,4 +585,35 @@ def mark_omissions(
             f"{deadlines[first]:g} s): a response after the deadline cannot have "
             "been recorded; check the deadline (seconds) or those rows"
         )
+    _refuse_deadlines_in_milliseconds(values[~omitted], deadlines, deadline)
     return omitted, deadlines
+
+
+DEADLINE_UNIT_RATIO = 100.0
+"""A typical deadline more than this many times the slowest response is taken for
+milliseconds against response times in seconds (1300 against 1.3 s is 1,000)."""
+
+
+def _refuse_deadlines_in_milliseconds(
+    decided: np.ndarray, deadlines: np.ndarray, deadline: float | str
+) -> None:
+    """A deadline in milliseconds passes every other check (no response comes
+    after it) but makes the omissions impossible, so the fit bends every parameter
+    to explain them: refuse it, as the learned likelihood refuses RTs in ms."""
+    decided = decided[np.isfinite(decided)]
+    finite = deadlines[np.isfinite(deadlines)]
+    if not len(decided) or not len(finite):
+        return
+    typical, slowest = float(np.median(finite)), float(decided.max())
+    if typical <= DEADLINE_UNIT_RATIO * slowest:
+        return
+    fix = (
+        f"df[{deadline!r}] / 1000"
+        if isinstance(deadline, str)
+        else f"deadline={typical / 1000:g}"
+    )
+    raise DataError(
+        f"the deadline ({typical:g}) is more than {DEADLINE_UNIT_RATIO:g} times the "
+        f"slowest response ({slowest:g} s): is it in milliseconds? Give it in "
+        f"seconds ({fix})"
+    )

@@ -38,6 +38,7 @@ from sbi_plugins.estimators.refinement import (
 from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import Settings, get_method
 from sbi_plugins.inference.centering import choose_centering, population_forms
+from sbi_plugins.inference.nuts_method import MASS_MATRICES
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
@@ -82,6 +83,7 @@ def fit(
     log_likelihood_draws: bool | int = True,
     noncentered: bool | str = "auto",
     deadline: float | str | None = None,
+    mass_matrix: str = "diagonal",
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data (NUTS by default).
 
@@ -155,6 +157,11 @@ def fit(
     response time is empty or -999 are then omissions, scored by the probability of
     no decision by their deadline (`sbi_plugins.likelihoods.omission`); the
     predictive censors simulated trials at the same deadlines.
+
+    `mass_matrix`: NUTS's, "diagonal" (the default, as Stan and PyMC) or "dense"
+    (PyMC's `init="jitter+adapt_full"`): a full covariance adapted in warm-up, for
+    posteriors where a pooled parameter moves with many groups' values (see
+    `sbi_plugins.inference.nuts_method.MASS_MATRICES`).
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
@@ -175,6 +182,11 @@ def fit(
     frame = data if isinstance(data, pd.DataFrame) else read_table(data)
     prepared = prepare_data(frame, sim, group, deadline)
     lapse = make_lapse(p_outlier, sim, prepared.x)
+    if mass_matrix not in MASS_MATRICES:
+        raise SbiPluginsError(
+            f"mass_matrix must be one of {', '.join(MASS_MATRICES)}, got "
+            f"{mass_matrix!r}"
+        )
     if noncentered not in (True, False, "auto"):
         raise SbiPluginsError(
             f"noncentered must be True, False or 'auto', got {noncentered!r}"
@@ -209,6 +221,7 @@ def fit(
         progress=progress,
         target_accept=target_accept,
         compile=compile,
+        mass_matrix=mass_matrix,
     )
 
     def sample(estimator: TrainedEstimator | None) -> Sampled:

@@ -122,6 +122,18 @@ def test_chains_that_have_not_mixed_are_reported_with_the_worst_sites():
     assert "--draws 1000" in str(w[0].message)
 
 
+def test_poor_mixing_names_groups_by_their_labels_as_az_summary_does():
+    """Subjects labelled 1..3 (or s1..s3): the warning must not say `t[0]`, a
+    label that does not exist, for the first of them."""
+    rng = np.random.default_rng(0)
+    stuck = {"t": rng.normal(size=(2, 300, 3))}
+    stuck["t"][1, :, 0] += 3.0  # the first subject's chains apart
+    dims, coords = {"t": ["participant_id"]}, {"participant_id": ["s1", "s2", "s3"]}
+    with pytest.warns(RuntimeWarning, match=r"worst t\[s1\] ") as w:
+        warn_poor_mixing(stuck, dims, coords)
+    assert "t[0]" not in str(w[0].message)
+
+
 def test_an_r_hat_just_above_the_limit_is_not_printed_as_the_limit():
     from sbi_plugins.inference.nuts_method import _worst
 
@@ -133,3 +145,25 @@ def test_fast_guess_advice_says_it_comes_first_only_when_the_sampler_warned():
     loud = fast_guess_hints(_ddm(), sampler_warned=True)[("t", "lower")]
     assert "--p-outlier" in quiet and "Fix this first" not in quiet
     assert loud.startswith(quiet) and "cause of the sampler's warnings" in loud
+
+
+def test_a_dense_mass_matrix_is_asked_for_by_name_and_recorded():
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(2, 20, seed=3)
+    options = dict(
+        group="participant_id",
+        pooling="complete",
+        likelihood="exact",
+        draws=5,
+        tune=5,
+        chains=1,
+        seed=1,
+        progress=False,
+        posterior_predictive=False,
+    )
+    fit = sbi_plugins.fit(trials, "ddm", mass_matrix="dense", **options)
+    assert fit.attrs["mass_matrix"] == "dense"
+    assert sbi_plugins.fit(trials, "ddm", **options).attrs["mass_matrix"] == "diagonal"
+    with pytest.raises(SbiPluginsError, match="mass_matrix must be one of diag"):
+        sbi_plugins.fit(trials, "ddm", mass_matrix="full", **options)

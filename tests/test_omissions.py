@@ -87,6 +87,18 @@ def test_a_deadline_column_gives_each_row_its_deadline(ddm):
         (frame([0.5]), "cutoff", r"deadline column 'cutoff' is not in the data"),
         (frame([0.5], deadline=[0.0]), "deadline", r"positive seconds; found 0 at"),
         (frame([0.5]), -1.0, r"positive number of seconds"),
+        # milliseconds: the omissions would be impossible, the fit bent to them
+        (
+            frame([0.5, -999, 1.3]),
+            1300,
+            r"\(1300\) .* slowest response \(1.3 s\): is it in milliseconds\? "
+            r".*deadline=1.3\)",
+        ),
+        (
+            frame([0.5, -999], deadline=[900, 1000]),
+            "deadline",
+            r"milliseconds\? .*df\['deadline'\] / 1000",
+        ),
     ],
 )
 def test_bad_deadlines_are_refused_naming_rows(ddm, data, deadline, pattern):

@@ -35,6 +35,9 @@ class Settings:
     progress: bool = True
     target_accept: float = 0.8
     compile: bool | None = None
+    mass_matrix: str = "diagonal"
+    """NUTS's mass matrix: "diagonal" (Stan's and PyMC's default) or "dense"
+    (`sbi_plugins.inference.nuts_method.MASS_MATRICES`)."""
 
 
 @dataclass

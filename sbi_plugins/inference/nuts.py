@@ -192,6 +192,7 @@ class _Job:
     starts: list[dict[str, torch.Tensor]] | None = None
     inverse_mass: dict[str, torch.Tensor] | None = None
     potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None
+    dense_mass: bool = False
 
 
 def _run_chain(
@@ -238,7 +239,7 @@ def _sample_chain(
         jit_compile=job.jit and job.potential is None,
         potential=job.potential,
         ignore_jit_warnings=True,
-        full_mass=False,
+        full_mass=job.dense_mass,
         **(
             {"init_strategy": init_to_value(values=job.starts[chain])}
             if job.starts
@@ -295,10 +296,12 @@ def run_nuts(
     starts: list[dict[str, torch.Tensor]] | None = None,
     inverse_mass: dict[str, torch.Tensor] | None = None,
     potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+    dense_mass: bool = False,
 ) -> list[ChainResult]:
     """Run `chains` NUTS chains, in parallel processes where cores allow; optional
     per-chain initial values and initial inverse mass (`sbi_plugins.inference.laplace`),
-    and a potential to use in place of Pyro's (`sbi_plugins.model.potential`)."""
+    a potential to use in place of Pyro's (`sbi_plugins.model.potential`), and a
+    dense mass matrix in place of the diagonal one."""
     job = _Job(
         model,
         model_kwargs,
@@ -310,6 +313,7 @@ def run_nuts(
         starts,
         inverse_mass,
         potential,
+        dense_mass,
     )
     seeds = chain_seeds(seed, chains)
     workers = local_workers(cores or None, chains)
