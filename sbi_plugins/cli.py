@@ -107,6 +107,8 @@ def _refuse_existing(path: Path) -> None:
 def cmd_list(args: argparse.Namespace) -> int:
     from sbi_plugins.plugin.registry import list_plugins
 
+    if args.simulators:
+        return _describe_simulators(args.simulators, args.json)
     plugins = list_plugins()
     if args.json:
         print(json.dumps([p.to_dict() for p in plugins], indent=2))
@@ -124,6 +126,49 @@ def cmd_list(args: argparse.Namespace) -> int:
                 print(f"  {label}: {', '.join(items)}")
         for error in p.errors:
             print(f"  error: {error}")
+    return 0
+
+
+def _describe_simulators(names: list[str], as_json: bool) -> int:
+    """What a user needs before fitting a simulator: its parameters with the
+    boxes its estimator knows, its data columns, and whether an estimator ships
+    (else the first fit trains one and caches it)."""
+    from sbi_plugins.estimators.resolve import cache_path
+    from sbi_plugins.plugin.registry import get_registry, get_simulator
+
+    described = []
+    for name in names:
+        sim = get_simulator(name)
+        shipped = bool(get_registry().estimator_artifacts(sim.name))
+        described.append(
+            {
+                "name": sim.name,
+                "version": sim.version,
+                "description": sim.description,
+                "parameters": {
+                    p.name: {"lower": p.lower, "upper": p.upper} for p in sim.parameters
+                },
+                "columns": {
+                    o.name: o.kind
+                    + (f" {', '.join(f'{c:g}' for c in o.codes)}" if o.codes else "")
+                    for o in sim.observables
+                },
+                "estimator": "shipped"
+                if shipped
+                else "cached"
+                if cache_path(sim).exists()
+                else "trained on first use (then cached)",
+            }
+        )
+    if as_json:
+        print(json.dumps(described, indent=2))
+        return 0
+    for d in described:
+        print(f"{d['name']} (version {d['version']}): {d['description']}".rstrip(": "))
+        for p, box in d["parameters"].items():
+            print(f"  {p:<10} [{box['lower']:g}, {box['upper']:g}]")
+        print(f"  columns: {'; '.join(f'{k} ({v})' for k, v in d['columns'].items())}")
+        print(f"  estimator: {d['estimator']}")
     return 0
 
 
@@ -363,7 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="installed plugins, what they register, failures")
+    p = sub.add_parser(
+        "list",
+        help="installed plugins, what they register, failures; or one simulator's "
+        "parameters, bounds and columns (list angle)",
+    )
+    p.add_argument(
+        "simulators",
+        nargs="*",
+        metavar="SIMULATOR",
+        help="describe these simulators: parameters and the boxes their estimators "
+        "know, data columns, estimator",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 

@@ -50,6 +50,23 @@ def test_list_shows_plugins_and_json(capsys):
     assert entries["cookie"]["simulators"] == ["cookie"] and entries["cookie"]["ok"]
 
 
+def test_list_a_simulator_shows_its_parameters_bounds_and_columns(capsys):
+    """What to write in `--pooling` and the data before the first fit: the ddm's
+    parameters with their training boxes, its columns and response codes."""
+    code, out, _ = run(capsys, "list", "ddm")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("ddm (version ")
+    assert [line.split()[0] for line in lines[1:5]] == ["v", "a", "z", "t"]
+    assert "[0.3, 2.5]" in lines[2]  # a's box
+    assert "rt (continuous); response (choice -1, 1)" in out
+    assert "estimator: shipped" in out
+    code, out, _ = run(capsys, "list", "ddm", "--json")
+    (entry,) = json.loads(out)
+    assert entry["parameters"]["z"] == {"lower": 0.1, "upper": 0.9}
+    assert_user_error(capsys, ["list", "dmm"], r"unknown simulator 'dmm'.*installed")
+
+
 def test_parse_pooling():
     assert parse_pooling("partial") == "partial"
     assert parse_pooling("v=partial, a=complete") == {"v": "partial", "a": "complete"}
