@@ -70,6 +70,14 @@ def test_responses_coded_one_and_two_get_the_mapping_spelled_out():
         check_observations(_ddm(), None, x)
 
 
+def test_a_race_coded_from_minus_one_gets_the_mapping_spelled_out():
+    race = sbi_plugins.get_simulator("race_no_bias_3")  # codes 0, 1, 2
+    x = np.array([[0.5, -1.0], [0.6, 0.0], [0.7, 1.0]])
+    pattern = r"Coded -1 to 1\? .* -1 -> 0, 0 -> 1, 1 -> 2.*df\['response'\] \+ 1 "
+    with pytest.raises(DataError, match=pattern):
+        check_observations(race, None, x)
+
+
 def test_a_bad_response_code_is_the_only_row_named():
     x = np.array([[0.5, 1.0], [0.6, 0.0], [0.7, 2.0], [0.8, 0.0]])
     with pytest.raises(DataError, match=r"-1, 1 \(or 0-based indices 0, 1\).* row 2$"):

@@ -86,7 +86,7 @@ def check_observations(
                 found = ", ".join(f"{v:g}" for v in np.unique(column[bad])[:5])
                 raise DataError(
                     f"column {obs.name!r} accepts codes {codes}; found {found} at "
-                    f"{describe_rows(bad, labels)}" + _one_based_hint(obs, column)
+                    f"{describe_rows(bad, labels)}" + _shifted_codes_hint(obs, column)
                 )
         bad = (column < obs.lower) | (column > obs.upper)
         if obs.kind == "continuous":
@@ -125,17 +125,23 @@ def _is_decision_model(simulator: Simulator) -> bool:
     return True
 
 
-def _one_based_hint(obs: Observable, column: np.ndarray) -> str:
-    """A choice column coded 1..K (HDDM's and many labs' habit) is one off the
-    0-based indices: say how the codes map, so the user recodes knowingly."""
+def _shifted_codes_hint(obs: Observable, column: np.ndarray) -> str:
+    """A choice column coded 1..K (HDDM's and many labs' habit), or -1..K-2 (a
+    race coded like the DDM's -1/1), is the 0-based indices shifted: say how the
+    codes map, so the user recodes knowingly."""
     k = len(obs.codes)
     values = np.unique(column)
-    if not (np.isin(values, np.arange(1, k + 1)).all() and k in values):
+    shift = values.max() - (k - 1)
+    shifted = np.arange(k) + shift
+    if shift == 0 or not (np.isin(values, shifted).all() and shifted[-1] in values):
         return ""
-    mapping = ", ".join(f"{i + 1} -> {c:g}" for i, c in enumerate(obs.codes))
+    mapping = ", ".join(
+        f"{s:g} -> {c:g}" for s, c in zip(shifted, obs.codes, strict=True)
+    )
+    recode = f"df[{obs.name!r}] {'-' if shift > 0 else '+'} {abs(shift):g}"
     return (
-        f". Coded 1 to {k}? Read in order they would mean {mapping}: check "
-        f"which response is which, then recode (df[{obs.name!r}] - 1 gives "
+        f". Coded {shifted[0]:g} to {shifted[-1]:g}? Read in order they would mean "
+        f"{mapping}: check which response is which, then recode ({recode} gives "
         "the 0-based indices)"
     )
 
