@@ -140,6 +140,9 @@ def test_poor_mixing_names_groups_by_their_labels_as_az_summary_does():
     with pytest.warns(RuntimeWarning, match=r"worst t\[s1\] ") as w:
         warn_poor_mixing(stuck, dims, coords)
     assert "t[0]" not in str(w[0].message)
+    # labels that do not fit the draws never stop a fit: positions then
+    with pytest.warns(RuntimeWarning, match=r"worst t\[0\] "):
+        warn_poor_mixing(stuck, dims, {"participant_id": ["s1", "s2"]})
 
 
 def test_an_r_hat_just_above_the_limit_is_not_printed_as_the_limit():

@@ -153,7 +153,10 @@ def warn_poor_mixing(
     chains, draws = next(iter(samples.values())).shape[:2]
     if draws < 4:  # ArviZ's estimators need a few draws per chain
         return []
-    dataset = az.convert_to_dataset(dict(samples), dims=dims, coords=coords)
+    try:
+        dataset = az.convert_to_dataset(dict(samples), dims=dims, coords=coords)
+    except (ValueError, KeyError):  # a warning never stops a fit: positions then
+        dataset = az.convert_to_dataset(dict(samples))
     with np.errstate(invalid="ignore", divide="ignore"):  # constant sites: NaN
         rhat = _flat(az.rhat(dataset)) if chains > 1 else {}
         ess = _flat(az.ess(dataset, method="bulk"))
