@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sbi_plugins.errors import DataError, SbiPluginsError
-from sbi_plugins.inference.base import METHODS
-from sbi_plugins.inference.nuts_method import MASS_MATRICES
+from sbi_plugins.inference.base import MASS_MATRICES, METHODS
 from sbi_plugins.outputs import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2

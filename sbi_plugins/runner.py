@@ -36,9 +36,8 @@ from sbi_plugins.estimators.refinement import (
     warn_if_flagged,
 )
 from sbi_plugins.estimators.resolve import resolve_estimator
-from sbi_plugins.inference.base import Settings, get_method
+from sbi_plugins.inference.base import MASS_MATRICES, Settings, get_method
 from sbi_plugins.inference.centering import choose_centering, population_forms
-from sbi_plugins.inference.nuts_method import MASS_MATRICES
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
@@ -161,7 +160,7 @@ def fit(
     `mass_matrix`: NUTS's, "diagonal" (the default, as Stan and PyMC) or "dense"
     (PyMC's `init="jitter+adapt_full"`): a full covariance adapted in warm-up, for
     posteriors where a pooled parameter moves with many groups' values (see
-    `sbi_plugins.inference.nuts_method.MASS_MATRICES`).
+    `sbi_plugins.inference.base.MASS_MATRICES`).
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):

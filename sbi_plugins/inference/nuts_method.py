@@ -23,18 +23,6 @@ if TYPE_CHECKING:
     from sbi_plugins.model.model import HierarchicalModel
 
 
-MASS_MATRICES = ("diagonal", "dense")
-"""NUTS's mass matrix. Dense (Pyro's `full_mass`) adapts the whole covariance in
-warm-up, where diagonal adapts the variances only. It pays where a pooled
-parameter moves with many groups' values, which no diagonal can follow: on
-`full_ddm` (10 x 100, centered, 27 dimensions), whose pooled `sv` correlates 0.86
-with the subjects' mean `v`, 4 times the effective draws per leapfrog step, the
-same steps per draw; on centered `angle` and `weibull` fits 2.2 and 1.5 times the
-ESS per second (docs/ssm.md). Opt-in: with a short warm-up (150 draws) its
-covariance was estimated too poorly and trees grew. A fit with a Laplace start keeps
-its mode as the chains' start, but its dense matrix starts from the identity."""
-
-
 class Nuts:
     """Pyro's NUTS, chains on the local fork pool (`sbi_plugins.inference.nuts`)."""
 
