@@ -178,18 +178,17 @@ def warn_poor_mixing(
 
 
 def _flat(dataset: Any) -> dict[str, float]:
-    """ArviZ's per-variable statistic -> {'t[s3]': value}, named by the groups'
-    labels as `az.summary` names them; NaNs (constant sites) out."""
-    out = {}
-    for name, values in dataset.data_vars.items():
-        labels = [values[d].values for d in values.dims]
-        for index, value in np.ndenumerate(values.values):
-            if np.isfinite(value):
-                where = ",".join(
-                    str(axis[i]) for axis, i in zip(labels, index, strict=True)
-                )
-                out[f"{name}[{where}]" if index else name] = float(value)
-    return out
+    """ArviZ's per-variable statistic -> {'t[s3]': value}, each site labelled by
+    ArviZ's own labeller, as `az.summary` labels it; NaNs (constant sites) out."""
+    from arviz.labels import BaseLabeller
+    from arviz.sel_utils import xarray_var_iter
+
+    label = BaseLabeller().make_label_flat
+    return {
+        label(name, sel, isel): float(value)
+        for name, sel, isel, value in xarray_var_iter(dataset, combined=True)
+        if np.isfinite(value)
+    }
 
 
 def _worst(
