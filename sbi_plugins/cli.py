@@ -527,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="DRAWS",
         help="draws per chain the pointwise log-likelihood keeps (default: all up "
-        "to 50 million values, evenly spaced draws beyond; --draws for all)",
+        "to 50 million values, evenly spaced draws beyond, the predictive's "
+        "draws where it keeps 2000 or more, for az.plot_loo_pit; --draws for all)",
     )
     p.add_argument(
         "--deadline",

@@ -165,11 +165,13 @@ class PopulationPrior:
                 )
 
     def describe(self) -> str:
-        hyper = ", ".join(f"{k} ~ {_describe(d)}" for k, d in self.hyperpriors.items())
+        hyper = ", ".join(
+            f"{k} ~ {describe_distribution(d)}" for k, d in self.hyperpriors.items()
+        )
         return f"{self.family}({hyper})"
 
 
-def _describe(distribution: Distribution) -> str:
+def describe_distribution(distribution: Distribution) -> str:
     """A short readable form such as `Gamma(2, 0.2)` for attrs and docs."""
     params = []
     for name in distribution.arg_constraints:

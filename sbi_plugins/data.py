@@ -420,12 +420,14 @@ def condition_columns(
     """The data's other columns (conditions, covariates), kept with every fit as
     `constant_data` so plots, checks and the report can split by them: numbers and
     booleans as they are, anything else as text. Names netCDF cannot store (with a
-    "/") and the group column (kept as its index) are left out."""
+    "/"), the group column (kept as its index) and the columns pandas names
+    "Unnamed: 0" for a header cell left blank (the index `to_csv` writes) are left
+    out."""
     skip = {*simulator.observable_names, group}
     kept = {}
     for column in frame.columns:
         name = str(column)
-        if name in skip or "/" in name:
+        if name in skip or "/" in name or re.fullmatch(r"Unnamed: \d+", name):
             continue
         values = frame[column]
         if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):

@@ -38,6 +38,7 @@ from sbi_plugins.estimators.refinement import (
 from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import MASS_MATRICES, Settings, get_method
 from sbi_plugins.inference.centering import choose_centering, population_forms
+from sbi_plugins.keywords import explain_foreign_keywords
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
@@ -47,14 +48,15 @@ from sbi_plugins.results.diagnostics import fast_guess_hints, warn_at_domain_edg
 from sbi_plugins.results.idata import build_inference_data
 from sbi_plugins.results.pointwise import (
     check_log_likelihood_draws,
-    log_likelihood_draw_index,
+    pointwise_draws,
     pointwise_dtype,
     pointwise_log_likelihood,
 )
-from sbi_plugins.results.predictive import predictive_draws, simulate_predictive
+from sbi_plugins.results.predictive import simulate_predictive
 from sbi_plugins.versions import package_versions
 
 
+@explain_foreign_keywords
 def fit(
     data: pd.DataFrame | str | Path,
     simulator: str | Simulator,
@@ -141,7 +143,10 @@ def fit(
     37,200-row fit keeps 336 per chain: its elpd's Monte Carlo sd is 0.7, its LOO
     se 171);
     a number keeps that many draws per chain (`draws`: all of them). The group's
-    `draw` coordinate names the draws kept, and its `thinned` attr says so.
+    `draw` coordinate names the draws kept, and its `thinned` attr says so. With
+    both defaults, and a predictive of at least 2,000 draws in all, the two groups
+    keep the same draws (what `az.loo_pit` pairs); a thinner predictive keeps a
+    subset of the log-likelihood's (`sbi_plugins.results.pointwise.pointwise_draws`).
 
     `noncentered`: "auto" (the default) chooses each normal population's form
     from the posterior's mode: centered (the groups' values sampled directly)
@@ -265,8 +270,9 @@ def fit(
     )
     warn_if_flagged(check)
     cells = dataclasses.replace(prepared, group_index=model.cells.index)
-    selected = predictive_draws(posterior_predictive, shape, len(prepared.x))
-    kept = log_likelihood_draw_index(log_likelihood_draws, shape, len(prepared.x))
+    selected, kept = pointwise_draws(
+        posterior_predictive, log_likelihood_draws, shape, len(prepared.x)
+    )
     posterior, dims, coords = model.posterior_variables(raw)
     prior, simulated_prior = _prior_predictive(
         model, sim, cells, lapse, prior_draws, seed, cores, progress

@@ -266,7 +266,7 @@ def test_compare_keeps_arviz_internal_deprecations_from_the_user(quick_fit):
 def test_posterior_predictive_can_be_thinned_or_skipped(
     small_data, tiny_cookie_estimator
 ):
-    from sbi_plugins.runner import predictive_draws
+    from sbi_plugins.results.predictive import predictive_draws
 
     assert len(predictive_draws(True, (4, 1000), 6000)) == 2_000_000 // (4 * 6000)
     assert len(predictive_draws(True, (4, 1000), 150)) == 1000
@@ -296,7 +296,11 @@ def test_posterior_predictive_can_be_thinned_or_skipped(
 
 def test_every_other_column_is_kept_as_constant_data(small_data, tmp_path):
     """Conditions and covariates go with every fit (not only formula fits), so
-    plots and checks can split by them; text stays text through netCDF."""
+    plots and checks can split by them; text stays text through netCDF. The
+    index `to_csv` wrote, read back by pandas as "Unnamed: 0", is not a column."""
+    small_data.to_csv(tmp_path / "with_index.csv")
+    small_data = pd.read_csv(tmp_path / "with_index.csv")
+    assert "Unnamed: 0" in small_data.columns
     data = small_data.assign(
         batch=np.where(np.arange(len(small_data)) % 2, "early", "late"),
         oven_temp=np.linspace(180.0, 200.0, len(small_data)),
@@ -456,3 +460,84 @@ def test_thinned_log_likelihood_gives_the_loo_of_all_draws(small_data, monkeypat
     noise = pointwise.elpd_monte_carlo_sd(thinned["chips"].values)
     assert abs(difference) < 3 * noise
     assert noise < loo[True].se / 10
+
+
+def test_the_default_groups_keep_draws_that_loo_pit_can_pair():
+    """A 10 x 100 fit's 4 x 1000 draws: the predictive keeps 500 per chain (2
+    million rows) and the log-likelihood the same 500, not all 1000, which would
+    break `az.loo_pit`; a 37,200-row fit's 13 predictive draws per chain are among
+    the log-likelihood's 336; requests given by number are each kept as asked."""
+    from sbi_plugins.results.pointwise import PAIRED_FROM, pointwise_draws
+
+    selected, kept = pointwise_draws(True, True, (4, 1000), 1000)
+    assert len(selected) == 500 and 4 * len(selected) >= PAIRED_FROM
+    np.testing.assert_array_equal(selected, kept)
+    selected, kept = pointwise_draws(True, True, (4, 1000), 37_200)
+    assert len(selected) == 13 and len(kept) == 336
+    assert set(selected) <= set(kept) and selected[0] == 0 and selected[-1] == 999
+    selected, kept = pointwise_draws(True, 1000, (4, 1000), 1000)
+    assert len(selected) == 500 and len(kept) == 1000
+    selected, kept = pointwise_draws(200, True, (4, 1000), 1000)
+    assert len(selected) == 200 and len(kept) == 1000
+    selected, kept = pointwise_draws(False, True, (4, 1000), 1000)
+    assert len(selected) == 0 and len(kept) == 1000
+
+
+def test_loo_pit_reads_a_fit_whose_predictive_is_thinned(small_data, monkeypatch):
+    """The everyday `az.plot_loo_pit(idata)` on a fit whose predictive was thinned
+    by its budget: the log-likelihood keeps the same draws; where the predictive is
+    too thin for that, its draws are among the log-likelihood's, so selecting them
+    pairs the two."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import sbi_plugins.results.pointwise as pointwise
+    import sbi_plugins.results.predictive as predictive
+
+    rows = len(small_data)
+    monkeypatch.setattr(predictive, "PREDICTIVE_ROWS", 2 * 100 * rows)
+    monkeypatch.setattr(pointwise, "PAIRED_FROM", 200)
+    settings = {"draws": 400, "tune": 200, "chains": 2, "progress": False, "seed": 5}
+    fit = sbi_plugins.fit(
+        small_data, "cookie", group="location", likelihood="exact", **settings
+    )
+    assert fit.posterior_predictive.sizes["draw"] == 100
+    np.testing.assert_array_equal(
+        fit.log_likelihood["draw"], fit.posterior_predictive["draw"]
+    )
+    pit = az.loo_pit(fit, y="chips")
+    assert pit.shape == (rows,) and 0 <= pit.min() and pit.max() <= 1
+    az.plot_loo_pit(fit, y="chips")
+
+    monkeypatch.setattr(pointwise, "PAIRED_FROM", 201)
+    fit = sbi_plugins.fit(
+        small_data, "cookie", group="location", likelihood="exact", **settings
+    )
+    assert fit.log_likelihood.sizes["draw"] == 400
+    with pytest.raises(ValueError, match="same shape"):
+        az.loo_pit(fit, y="chips")
+    fit.log_likelihood = fit.log_likelihood.sel(draw=fit.posterior_predictive.draw)
+    np.testing.assert_allclose(az.loo_pit(fit, y="chips"), pit, atol=1e-6)
+
+
+def test_a_complete_or_unpooled_prior_is_recorded_with_its_numbers():
+    """attrs say which prior each value had, numbers included (it is mu's
+    hyperprior in the box), not only the family's name."""
+    import torch
+
+    from sbi_plugins.contract import PopulationPrior
+    from sbi_plugins.model.pooling import ParameterPlan
+
+    prior = PopulationPrior(
+        "normal",
+        {
+            "mu": torch.distributions.Normal(0.5, 1.5),
+            "sigma": torch.distributions.HalfNormal(1.0),
+        },
+    )
+    v = Parameter("v", -3.0, 3.0)
+    for pooling in ("complete", "none"):
+        described = ParameterPlan.of(v, pooling, prior).describe()
+        assert described == "v ~ Normal(0.5, 1.5) in [-3, 3]", described
+    partial = ParameterPlan.of(v, "partial", prior).describe()
+    assert partial.startswith("v ~ normal(mu ~ Normal(0.5, 1.5), sigma ~ HalfNormal(1")

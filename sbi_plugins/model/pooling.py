@@ -31,7 +31,13 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
-from sbi_plugins.contract import Parameter, PopulationPrior, PriorFamily, Simulator
+from sbi_plugins.contract import (
+    Parameter,
+    PopulationPrior,
+    PriorFamily,
+    Simulator,
+    describe_distribution,
+)
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.model.distributions import (
     SampledBelow,
@@ -120,7 +126,7 @@ class ParameterPlan:
         if self.pooling == "partial":
             return f"{self.name} ~ {self.prior.describe()} {box}"
         mu = self.prior.hyperpriors["mu"]
-        return f"{self.name} ~ {type(mu).__name__} (the mu hyperprior) {box}"
+        return f"{self.name} ~ {describe_distribution(mu)} {box}"
 
     def attrs(self) -> dict[str, object]:
         """What InferenceData's attrs record of this parameter."""

@@ -57,6 +57,37 @@ def log_likelihood_draw_index(
     return predictive_draws(request, shape, num_rows, budget=LOG_LIKELIHOOD_VALUES)
 
 
+PAIRED_FROM = 2000
+"""Draws in all (chains x draws) from which the default log-likelihood keeps the
+same draws as the default posterior predictive, so that `az.loo_pit` and
+`az.plot_loo_pit` (which pair each simulated row with its draw's weight) read the
+fit as it is; fewer draws than this would make PSIS-LOO's tail fits noisy, so a
+thinner predictive (large data) keeps its own draws, a subset of the
+log-likelihood's (`idata.log_likelihood.sel(draw=idata.posterior_predictive.draw)`
+pairs them)."""
+
+
+def pointwise_draws(
+    predictive: bool | int,
+    log_likelihood: bool | int,
+    shape: tuple[int, int],
+    num_rows: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which draws (the same in every chain) the posterior predictive and the
+    pointwise log-likelihood keep, each by its own request and budget, the
+    predictive's chosen among the log-likelihood's wherever they fit, and both the
+    same when both are the defaults and the predictive keeps `PAIRED_FROM` draws."""
+    kept = log_likelihood_draw_index(log_likelihood, shape, num_rows)
+    selected = predictive_draws(predictive, shape, num_rows)
+    if 0 < len(selected) < len(kept):
+        among = predictive_draws(len(selected), (shape[0], len(kept)), num_rows)
+        selected = kept[among]
+    paired = predictive is True and log_likelihood is True
+    if paired and shape[0] * len(selected) >= PAIRED_FROM:
+        kept = selected
+    return selected, kept
+
+
 def pointwise_log_likelihood(
     lik: Likelihood,
     theta: np.ndarray,

@@ -62,14 +62,15 @@ def predictive_draws(
     request: bool | int,
     shape: tuple[int, int],
     num_rows: int,
-    budget: int = PREDICTIVE_ROWS,
+    budget: int | None = None,
 ) -> np.ndarray:
     """Which draws (the same in every chain) get a simulated data set: with
     `request` True, every draw while chains x draws x rows stays within `budget`,
     else as many draws per chain as fit in it, evenly spaced; an int asks for that
-    many per chain; False for none. The pointwise log-likelihood is thinned by the
-    same rule, with a budget of its own."""
+    many per chain; False for none. `budget` defaults to `PREDICTIVE_ROWS`; the
+    pointwise log-likelihood is thinned by the same rule, with a budget of its own."""
     chains, draws = shape
+    budget = PREDICTIVE_ROWS if budget is None else budget
     if request is False:
         return np.arange(0)
     if request is True:

@@ -1,0 +1,89 @@
+"""What HSSM, HDDM, PyMC and NumPyro call a `fit` argument, and what it is here: a
+keyword `fit` does not take gets a message that names the equivalent, or the
+closest name it does take, instead of Python's bare TypeError."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from sbi_plugins.errors import SbiPluginsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+FOREIGN_KEYWORDS = {
+    "include": "HSSM's include=[{'name': 'v', 'formula': 'v ~ 1 + C(cond) + "
+    "(1|participant_id)'}] is formulas={'v': 'v ~ 1 + C(cond) + (1|participant_id)'}; "
+    "HDDM's include=['z'] is pooling={..., 'z': 'partial'}; HDDM's 'sv', 'st', 'sz' "
+    "are the ssm plugin's ddm_sdv, ddm_st and full_ddm models",
+    "hierarchical": "hierarchical=True is group='participant_id' with the default "
+    "pooling='partial' (each parameter by group around a population); False is "
+    "pooling='complete'",
+    "model": "the simulator is the second argument: fit(data, 'angle')",
+    "loglik_kind": "likelihood='exact' (HSSM's 'analytical', where the plugin has "
+    "one) or likelihood='neural' (the default, its 'approx_differentiable')",
+    "loglik": "likelihood='neural' (the default: the plugin's learned likelihood, "
+    "or estimator=PATH for your own) or likelihood='exact'",
+    "sampler": "method='nuts' (the default) or method='vi'",
+    "nuts_sampler": "method='nuts' (the default, Pyro's NUTS) or method='vi'",
+    "lapse": "p_outlier=0.05 (fixed), True (estimated) or a torch distribution as "
+    "its prior; the lapse is uniform over each column's observed range",
+    "prior_settings": "priors={'v': PopulationPrior(...)} on the parameter's own scale",
+    "link_settings": "not needed: every parameter reaches its training box through "
+    "a bounded link",
+    "depends_on": "HDDM's depends_on={'v': 'stim'} is formulas={'v': 'v ~ 0 + "
+    "C(stim) + (1|subj_idx)'}",
+    "missing_data": "deadline=1.5 (seconds) or deadline='deadline' (a column): rows "
+    "with rt empty or -999 are then omissions",
+    "random_seed": "seed=",
+    "samples": "draws= (and tune= for HDDM's burn)",
+    "burn": "tune=",
+    "num_samples": "draws=",
+    "num_warmup": "tune=",
+    "num_chains": "chains=",
+    "progressbar": "progress=",
+    "init": "mass_matrix='dense' for PyMC's init='jitter+adapt_full'; NUTS starts "
+    "are chosen from the data",
+    "idata_kwargs": "the pointwise log-likelihood is in the result by default "
+    "(log_likelihood=True); log_likelihood=False leaves it out",
+    "return_inferencedata": "the result is always an ArviZ InferenceData",
+}
+"""Foreign argument name -> what to write here."""
+
+
+class UnknownKeyword(SbiPluginsError, TypeError):
+    """A keyword argument the function does not take (still a TypeError, as
+    Python's own)."""
+
+
+def explain_foreign_keywords(func: F) -> F:
+    """Refuse a keyword `func` does not take with its equivalent here (HSSM's
+    `include=` -> `formulas=`) or the closest accepted name (a typo), before any
+    work."""
+    accepted = list(inspect.signature(func).parameters)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        unknown = [name for name in kwargs if name not in accepted]
+        if unknown:
+            raise UnknownKeyword(
+                "; ".join(describe_unknown(func.__name__, n, accepted) for n in unknown)
+            )
+        return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def describe_unknown(function: str, name: str, accepted: list[str]) -> str:
+    if name in FOREIGN_KEYWORDS:
+        return f"{function}() takes no {name}=: {FOREIGN_KEYWORDS[name]}"
+    close = difflib.get_close_matches(name, accepted, n=1)
+    if close:
+        return f"{function}() takes no {name}=; did you mean {close[0]}=?"
+    return (
+        f"{function}() takes no {name}=; it takes "
+        f"{', '.join(a + '=' for a in accepted if a not in ('data', 'simulator'))}"
+    )

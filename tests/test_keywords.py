@@ -1,0 +1,52 @@
+"""Arguments named as HSSM, HDDM or PyMC name them get their equivalent here."""
+
+from __future__ import annotations
+
+import inspect
+import re
+
+import pandas as pd
+import pytest
+
+import sbi_plugins
+from sbi_plugins.errors import SbiPluginsError
+from sbi_plugins.keywords import FOREIGN_KEYWORDS
+
+ONE_TRIAL = pd.DataFrame({"rt": [0.5], "response": [1]})
+
+
+@pytest.mark.parametrize(
+    ("keywords", "said"),
+    [
+        ({"include": [{"name": "v"}]}, "formulas={'v': 'v ~ 1 + C(cond)"),
+        ({"hierarchical": True}, "pooling='partial'"),
+        ({"loglik_kind": "analytical"}, "likelihood='exact'"),
+        ({"random_seed": 1}, "seed="),
+        ({"target_acept": 0.9}, "did you mean target_accept=?"),
+        ({"chainz": 2}, "did you mean chains=?"),
+        ({"frobnicate": 1}, "it takes group=, pooling="),
+    ],
+)
+def test_a_foreign_or_mistyped_keyword_names_what_to_write(keywords, said):
+    """Refused before any work (one trial would not even fit), as a TypeError
+    like Python's own and as the library's error the CLI prints."""
+    with pytest.raises(TypeError) as caught:
+        sbi_plugins.fit(ONE_TRIAL, "ddm", **keywords)
+    assert isinstance(caught.value, SbiPluginsError)
+    assert str(caught.value).startswith(f"fit() takes no {next(iter(keywords))}=")
+    assert said in str(caught.value)
+
+
+def test_the_equivalents_name_arguments_fit_takes():
+    """Every `name=` a hint tells the user to write is one of fit's own, apart
+    from the foreign names it quotes; and fit keeps its signature for help()."""
+    accepted = set(inspect.signature(sbi_plugins.fit).parameters)
+    quoted = {"include", "hierarchical", "depends_on", "init"}
+    for foreign, hint in FOREIGN_KEYWORDS.items():
+        assert foreign not in accepted, foreign
+        written = set(re.findall(r"(\w+)=", hint)) - quoted
+        assert written <= accepted, (foreign, written - accepted)
+    assert list(inspect.signature(sbi_plugins.fit).parameters)[:2] == [
+        "data",
+        "simulator",
+    ]
