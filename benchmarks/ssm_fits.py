@@ -97,7 +97,7 @@ def main() -> None:
         help="also fit with every population non-centered, and compare",
     )
     parser.add_argument(
-        "--mass-matrix", choices=("diagonal", "dense"), default="diagonal"
+        "--mass-matrix", choices=("auto", "diagonal", "dense"), default="auto"
     )
     parser.add_argument(
         "--no-predictive", action="store_true", help="skip the posterior predictive"
@@ -107,7 +107,7 @@ def main() -> None:
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.subjects} "
         f"subjects x {args.trials} trials; {args.chains} chains x ({args.tune} + "
-        f"{args.draws}); pooling {args.pooling}; {args.mass_matrix} mass matrix"
+        f"{args.draws}); pooling {args.pooling}; mass matrix {args.mass_matrix}"
         + ("; no posterior predictive" if args.no_predictive else "")
     )
     for model in args.models:
@@ -150,7 +150,8 @@ def main() -> None:
                 f"{summary['r_hat'].max():.3f}, "
                 f"divergences {int(stats['diverging'].sum())}, mean leapfrog steps "
                 f"{float(stats['n_steps'].mean()):.1f}, truth in 94% HDI "
-                f"{inside}/{total}; populations {idata.attrs.get('populations')}",
+                f"{inside}/{total}; {idata.attrs.get('mass_matrix')} mass matrix; "
+                f"populations {idata.attrs.get('populations')}",
                 flush=True,
             )
         fast, ess = runs["auto"]

@@ -465,9 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--mass-matrix",
         choices=MASS_MATRICES,
-        default="diagonal",
-        help="NUTS's mass matrix: diagonal (default) or dense, for posteriors where "
-        "a pooled parameter moves with many subjects' values (low ESS on it)",
+        default="auto",
+        help="NUTS's mass matrix: auto (default: dense where every population is "
+        "centered, --tune at least 500, at most 60 dimensions), diagonal, or dense, "
+        "for posteriors where a pooled parameter moves with many subjects' values",
     )
     p.add_argument(
         "--compile",

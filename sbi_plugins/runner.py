@@ -84,7 +84,7 @@ def fit(
     log_likelihood_draws: bool | int = True,
     noncentered: bool | str = "auto",
     deadline: float | str | None = None,
-    mass_matrix: str = "diagonal",
+    mass_matrix: str = "auto",
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data (NUTS by default).
 
@@ -162,10 +162,12 @@ def fit(
     no decision by their deadline (`sbi_plugins.likelihoods.omission`); the
     predictive censors simulated trials at the same deadlines.
 
-    `mass_matrix`: NUTS's, "diagonal" (the default, as Stan and PyMC) or "dense"
-    (PyMC's `init="jitter+adapt_full"`): a full covariance adapted in warm-up, for
-    posteriors where a pooled parameter moves with many groups' values (see
-    `sbi_plugins.inference.base.MASS_MATRICES`).
+    `mass_matrix`: NUTS's, "auto" (the default), "diagonal" (Stan's and PyMC's
+    default) or "dense" (PyMC's `init="jitter+adapt_full"`): a full covariance
+    adapted in warm-up, for posteriors where a pooled parameter moves with many
+    groups' values. "auto" takes it where every population is centered, with at
+    least 500 tuning steps and at most 60 dimensions, where it was measured to
+    pay (`sbi_plugins.inference.base.dense_pays`); attrs record which ran.
     """
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):

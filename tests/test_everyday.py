@@ -12,6 +12,11 @@ from sbi_plugins.cli import main, parse_p_outlier
 from sbi_plugins.data import prepare_data
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.estimators.resolve import shipped_estimator
+from sbi_plugins.inference.mass import (
+    DRAWS_PER_DIMENSION,
+    dense_pays,
+    last_window,
+)
 from sbi_plugins.inference.nuts_method import warn_divergences, warn_poor_mixing
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import make_lapse
@@ -175,6 +180,27 @@ def test_a_dense_mass_matrix_is_asked_for_by_name_and_recorded():
     )
     fit = sbi_plugins.fit(trials, "ddm", mass_matrix="dense", **options)
     assert fit.attrs["mass_matrix"] == "dense"
+    # "auto", the default: 5 tuning steps are too few to estimate a covariance
     assert sbi_plugins.fit(trials, "ddm", **options).attrs["mass_matrix"] == "diagonal"
-    with pytest.raises(SbiPluginsError, match="mass_matrix must be one of diag"):
+    longer = {**options, "tune": 150}  # a last window of 25 draws, 4 dimensions
+    assert sbi_plugins.fit(trials, "ddm", **longer).attrs["mass_matrix"] == "dense"
+    asked = sbi_plugins.fit(trials, "ddm", mass_matrix="diagonal", **longer)
+    assert asked.attrs["mass_matrix"] == "diagonal"
+    with pytest.raises(SbiPluginsError, match="mass_matrix must be one of auto"):
         sbi_plugins.fit(trials, "ddm", mass_matrix="full", **options)
+
+
+def test_auto_takes_a_dense_mass_matrix_where_it_can_be_estimated():
+    """Centered (no preset Laplace scales) and a last warm-up window with enough
+    draws per dimension (Pyro's schedule: 500 of 1,000 tuning steps, 200 of 500);
+    an explicit request is obeyed whatever the model."""
+    assert (last_window(1000), last_window(500), last_window(10)) == (500, 200, 0)
+    fits = dict(dims=26, tune=1000, preset_start=False)
+    assert dense_pays("auto", **fits)
+    assert not dense_pays("auto", **{**fits, "preset_start": True})
+    most = 500 // DRAWS_PER_DIMENSION
+    assert dense_pays("auto", **{**fits, "dims": most})
+    assert not dense_pays("auto", **{**fits, "dims": most + 1})
+    assert not dense_pays("auto", **{**fits, "tune": 500, "dims": most})
+    assert dense_pays("dense", **{**fits, "preset_start": True, "dims": 600})
+    assert not dense_pays("diagonal", **fits)

@@ -23,16 +23,17 @@ if TYPE_CHECKING:
     from sbi_plugins.model.model import HierarchicalModel
 
 
-MASS_MATRICES = ("diagonal", "dense")
+MASS_MATRICES = ("auto", "diagonal", "dense")
 """NUTS's mass matrix. Dense (Pyro's `full_mass`) adapts the whole covariance in
 warm-up, where diagonal adapts the variances only. It pays where a pooled
 parameter moves with many groups' values, which no diagonal can follow: on
 `full_ddm` (10 x 100, centered, 27 dimensions), whose pooled `sv` correlates 0.86
 with the subjects' mean `v`, 4 times the effective draws per leapfrog step, the
 same steps per draw; on centered `angle` and `weibull` fits 2.2 and 1.5 times the
-ESS per second (docs/ssm.md). Opt-in: with a short warm-up (150 draws) its
-covariance was estimated too poorly and trees grew. A fit with a Laplace start keeps
-its mode as the chains' start, but its dense matrix starts from the identity."""
+ESS per second (docs/ssm.md); on the DDM (10 x 100, v and a by subject) 1.16-1.6
+times the ESS per leapfrog step. "auto" (the default) takes it where every
+population is centered and the warm-up's last window can estimate it
+(`sbi_plugins.inference.mass.dense_pays`)."""
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,9 @@ class Settings:
     progress: bool = True
     target_accept: float = 0.8
     compile: bool | None = None
-    mass_matrix: str = "diagonal"
-    """NUTS's mass matrix: "diagonal" (Stan's and PyMC's default) or "dense"
-    (`MASS_MATRICES`)."""
+    mass_matrix: str = "auto"
+    """NUTS's mass matrix: "auto" (`dense_pays`), "diagonal" (Stan's and PyMC's
+    default) or "dense" (`MASS_MATRICES`)."""
 
 
 @dataclass

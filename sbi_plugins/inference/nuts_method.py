@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from sbi_plugins.inference.base import Draws, Settings, stack_chains
 from sbi_plugins.inference.compile import compiled_potential, worth_compiling
 from sbi_plugins.inference.laplace import laplace_start
+from sbi_plugins.inference.mass import dense_pays
 from sbi_plugins.inference.nuts import run_nuts
 from sbi_plugins.inference.starts import chain_starts, start_problem
 from sbi_plugins.model.pooling import ParameterPlan
@@ -41,7 +42,14 @@ class Nuts:
         problem = start_problem(model, kwargs, data)
         starts = chain_starts(model, kwargs, start, s.chains, s.seed, problem)
         inverse_mass = None
-        if wants_laplace_start(model):
+        preset = wants_laplace_start(model)
+        dense = dense_pays(
+            s.mass_matrix,
+            dims=sum(v.numel() for v in start.values()),
+            tune=s.tune,
+            preset_start=preset,
+        )
+        if preset:
             mode = laplace_start(model, kwargs, s.chains, s.seed, init=start)
             if mode is not None:
                 starts, inverse_mass = mode
@@ -63,7 +71,7 @@ class Nuts:
             potential=potential,
             starts=starts,
             inverse_mass=inverse_mass,
-            dense_mass=s.mass_matrix == "dense",
+            dense_mass=dense,
         )
         sample_stats = stack_chains([r.stats for r in results])
         samples = stack_chains([r.samples for r in results])
@@ -76,7 +84,7 @@ class Nuts:
             {
                 "inference_method": self.name,
                 "compiled": int(potential is not None),
-                "mass_matrix": s.mass_matrix,
+                "mass_matrix": "dense" if dense else "diagonal",
             },
         )
 
