@@ -20,6 +20,7 @@ from pathlib import Path
 
 from sbi_plugins.errors import DataError, SbiPluginsError
 from sbi_plugins.inference.base import MASS_MATRICES, METHODS
+from sbi_plugins.keywords import FOREIGN_FLAGS
 from sbi_plugins.outputs import Terminated, terminate_as_interrupt
 
 EXIT_USAGE = 2
@@ -647,9 +648,28 @@ def _row_note(exc: SbiPluginsError) -> str:
     return ""
 
 
+def unknown_options_message(extra: Sequence[str]) -> str | None:
+    """argparse's "unrecognized arguments", with the flag to give instead of an
+    option HSSM or HDDM users type from habit (`--include`, `--hierarchical`);
+    None where none of them is such an option."""
+    hints = []
+    for token in extra:
+        name = token.lstrip("-").split("=")[0].replace("-", "_")
+        if token.startswith("--") and name in FOREIGN_FLAGS:
+            hints.append(f"no {token.split('=')[0]} option: {FOREIGN_FLAGS[name]}")
+    if not hints:
+        return None
+    return f"unrecognized arguments: {' '.join(extra)}; " + "; ".join(hints)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        parser.error(
+            unknown_options_message(extra)
+            or f"unrecognized arguments: {' '.join(extra)}"
+        )
     # ArviZ's message starts with a newline, which "." does not match.
     warnings.filterwarnings(
         "ignore", message=r"\s*ArviZ is undergoing a major refactor"

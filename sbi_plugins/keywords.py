@@ -5,14 +5,11 @@ closest name it does take, instead of Python's bare TypeError."""
 from __future__ import annotations
 
 import difflib
-import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from sbi_plugins.errors import SbiPluginsError
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 FOREIGN_KEYWORDS = {
     "include": "HSSM's include=[{'name': 'v', 'formula': 'v ~ 1 + C(cond) + "
@@ -53,31 +50,58 @@ FOREIGN_KEYWORDS = {
 }
 """Foreign argument name -> what to write here."""
 
+FOREIGN_FLAGS = {
+    "include": "--formula 'v ~ 1 + C(cond) + (1|participant_id)' (HSSM's include= "
+    "with a formula), or --pooling z=partial (HDDM's include=['z'])",
+    "hierarchical": "--group participant_id gives each parameter by group around a "
+    "population (the default pooling); --pooling complete one value each",
+    "model": "the simulator is the first argument: sbi-plugins fit ddm data.csv",
+    "loglik_kind": "--likelihood exact (HSSM's analytical) or --likelihood neural "
+    "(the default)",
+    "sampler": "--method nuts (the default) or --method vi",
+    "lapse": "--p-outlier 0.05 (fixed) or --p-outlier estimate",
+    "depends_on": "--formula 'v ~ 0 + C(stim) + (1|subj_idx)'",
+    "missing_data": "--deadline SECONDS or --deadline COLUMN",
+    "random_seed": "--seed",
+    "samples": "--draws",
+    "burn": "--tune",
+}
+"""The same on the command line: a foreign option -> the flag to give."""
+
 
 class UnknownKeyword(SbiPluginsError, TypeError):
     """A keyword argument the function does not take (still a TypeError, as
     Python's own)."""
 
 
-def explain_foreign_keywords(func: F) -> F:
-    """Refuse a keyword `func` does not take with its equivalent here (HSSM's
-    `include=` -> `formulas=`) or the closest accepted name (a typo), before any
-    work."""
-    accepted = list(inspect.signature(func).parameters)
+def refuse_unknown_keywords(
+    function: Callable[..., Any], given: Mapping[str, Any]
+) -> None:
+    """Refuse keywords `function` does not name (its `**others`) with their
+    equivalent here (HSSM's `include=` -> `formulas=`) or the closest accepted name
+    (a typo), before any work. Called first thing in the function itself, so that
+    its warnings still point at the user's line."""
+    if not given:
+        return
+    accepted = [
+        name
+        for name, p in inspect.signature(function).parameters.items()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+    raise UnknownKeyword(
+        "; ".join(
+            describe_unknown(function.__name__, name, value, accepted)
+            for name, value in given.items()
+        )
+    )
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        unknown = [name for name in kwargs if name not in accepted]
-        if unknown:
-            raise UnknownKeyword(
-                "; ".join(describe_unknown(func.__name__, n, accepted) for n in unknown)
-            )
-        return func(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
-
-
-def describe_unknown(function: str, name: str, accepted: list[str]) -> str:
+def describe_unknown(function: str, name: str, value: Any, accepted: list[str]) -> str:
+    if name == "model" and isinstance(value, str):
+        return (
+            f"{function}() takes no model=: the simulator is the second argument: "
+            f"{function}(data, {value!r})"
+        )
     if name in FOREIGN_KEYWORDS:
         return f"{function}() takes no {name}=: {FOREIGN_KEYWORDS[name]}"
     close = difflib.get_close_matches(name, accepted, n=1)

@@ -38,13 +38,17 @@ from sbi_plugins.estimators.refinement import (
 from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import MASS_MATRICES, Settings, get_method
 from sbi_plugins.inference.centering import choose_centering, population_forms
-from sbi_plugins.keywords import explain_foreign_keywords
+from sbi_plugins.keywords import refuse_unknown_keywords
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
 from sbi_plugins.model.support import check_explainable
 from sbi_plugins.plugin.registry import get_simulator
-from sbi_plugins.results.diagnostics import fast_guess_hints, warn_at_domain_edges
+from sbi_plugins.results.diagnostics import (
+    fast_guess_hints,
+    warn_at_domain_edges,
+    warn_of_fast_guesses,
+)
 from sbi_plugins.results.idata import build_inference_data
 from sbi_plugins.results.pointwise import (
     check_log_likelihood_draws,
@@ -56,7 +60,6 @@ from sbi_plugins.results.predictive import simulate_predictive
 from sbi_plugins.versions import package_versions
 
 
-@explain_foreign_keywords
 def fit(
     data: pd.DataFrame | str | Path,
     simulator: str | Simulator,
@@ -85,6 +88,7 @@ def fit(
     noncentered: bool | str = "auto",
     deadline: float | str | None = None,
     mass_matrix: str = "auto",
+    **others: Any,
 ) -> az.InferenceData:
     """Fit a simulator's hierarchical model to data (NUTS by default).
 
@@ -162,13 +166,19 @@ def fit(
     no decision by their deadline (`sbi_plugins.likelihoods.omission`); the
     predictive censors simulated trials at the same deadlines.
 
+    Any other keyword is refused before any work, naming its equivalent here
+    when it is HSSM's, HDDM's or PyMC's (`include=` -> `formulas=`) or the closest
+    name `fit` takes (`sbi_plugins.keywords`).
+
     `mass_matrix`: NUTS's, "auto" (the default), "diagonal" (Stan's and PyMC's
     default) or "dense" (PyMC's `init="jitter+adapt_full"`): a full covariance
     adapted in warm-up, for posteriors where a pooled parameter moves with many
-    groups' values. "auto" takes it where every population is centered, with at
-    least 500 tuning steps and at most 60 dimensions, where it was measured to
-    pay (`sbi_plugins.inference.base.dense_pays`); attrs record which ran.
+    groups' values. "auto" takes it where every population is centered and the
+    warm-up's last window (500 draws of the default 1,000) has 5 draws per
+    dimension, where it was measured to pay (`sbi_plugins.inference.mass`);
+    attrs record which ran.
     """
+    refuse_unknown_keywords(fit, others)
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
         raise SbiPluginsError(
@@ -261,6 +271,11 @@ def fit(
     # the cause is said first, then the kept fit's (not the rounds') warnings
     hints = {} if lapse is not None else fast_guess_hints(sim, bool(sampled.warnings))
     edge_warnings = warn_at_domain_edges(model, raw, theta, prepared, hints)
+    cells = dataclasses.replace(prepared, group_index=model.cells.index)
+    if lapse is None:
+        edge_warnings += warn_of_fast_guesses(
+            sim, model, theta, cells, bool(sampled.warnings)
+        )
     for caught in sampled.warnings:
         warnings.warn(caught.message, stacklevel=2)
     check = estimator_check(
@@ -271,7 +286,6 @@ def fit(
         reused=reused,
     )
     warn_if_flagged(check)
-    cells = dataclasses.replace(prepared, group_index=model.cells.index)
     selected, kept = pointwise_draws(
         posterior_predictive, log_likelihood_draws, shape, len(prepared.x)
     )

@@ -116,6 +116,28 @@ def test_unknown_simulator(capsys, tmp_path, csv):
     )
 
 
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--hierarchical"], r"no --hierarchical option: --group participant_id"),
+        (["--include", "v"], r"no --include option: --formula 'v ~ 1 \+ C\(cond\)"),
+        (["--loglik-kind=analytical"], r"no --loglik-kind option: --likelihood exact"),
+        (["--model", "ddm"], r"the simulator is the first argument"),
+    ],
+)
+def test_hssm_options_name_the_flag_to_give(capsys, tmp_path, csv, flags, said):
+    """argparse's exit 2 and usage line, with the equivalent flag; nothing run."""
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "cookie", str(csv), "--out", str(tmp_path / "f.nc"), *flags])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments" in err and re.search(said, err), err
+    assert not (tmp_path / "f.nc").exists()
+    with pytest.raises(SystemExit):
+        main(["fit", "cookie", str(csv), "--out", str(tmp_path / "f.nc"), "--bogus"])
+    assert capsys.readouterr().err.rstrip().endswith("unrecognized arguments: --bogus")
+
+
 def test_missing_group_column(capsys, tmp_path, csv):
     assert_user_error(
         capsys,

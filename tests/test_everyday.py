@@ -10,7 +10,7 @@ import pytest
 import sbi_plugins
 from sbi_plugins.cli import main, parse_p_outlier
 from sbi_plugins.data import prepare_data
-from sbi_plugins.errors import DataError, SbiPluginsError
+from sbi_plugins.errors import DataError, DomainWarning, SbiPluginsError
 from sbi_plugins.estimators.resolve import shipped_estimator
 from sbi_plugins.inference.mass import (
     DRAWS_PER_DIMENSION,
@@ -22,7 +22,11 @@ from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import make_lapse
 from sbi_plugins.model.model import build_model, plan_model
 from sbi_plugins.model.pooling import normalize_pooling
-from sbi_plugins.results.diagnostics import fast_guess_hints, warn_at_domain_edges
+from sbi_plugins.results.diagnostics import (
+    fast_guess_hints,
+    warn_at_domain_edges,
+    warn_of_fast_guesses,
+)
 
 
 def _ddm():
@@ -60,6 +64,78 @@ def test_t_at_its_lower_bound_points_to_fast_guesses_not_retraining():
     theta = model.cell_parameter_draws(posterior)
     with pytest.warns(UserWarning, match="'t' pile up at the lower.*--p-outlier"):
         warn_at_domain_edges(model, posterior, theta, data, fast_guess_hints(sim))
+
+
+def test_a_pooled_t_held_below_one_fast_guess_is_named_with_the_remedy():
+    """`t` pooled cannot reach its bound: the warning names the row it is held
+    below; a `t` as far below the fastest rows as clean data leave it is quiet."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    sim = _ddm()
+    trials, _ = simulate_dataset(2, 30, seed=0)
+    trials.loc[7, "rt"] = 0.05
+    data = prepare_data(trials, sim, None)
+    model, _ = build_model(
+        plan_model(sim, trials, None, "complete"), data, Likelihood(sim)
+    )
+
+    def draws(t: float) -> np.ndarray:
+        posterior = {
+            p.name: np.full((1, 50), p.parameter.lower + 0.3 * p.parameter.width)
+            for p in model.parameters
+        }
+        posterior["t"] = np.full((1, 50), t)
+        return model.cell_parameter_draws(posterior)
+
+    with pytest.warns(
+        DomainWarning, match=r"'t' is held below row 7 \(rt 0.05, t 0.048"
+    ):
+        (said,) = warn_of_fast_guesses(sim, model, draws(0.048), data)
+    assert "--p-outlier 0.05" in said and "Fix this first" not in said
+    loud = warn_of_fast_guesses(sim, model, draws(0.048), data, sampler_warned=True)
+    assert "Fix this first" in loud[0]
+    clean = trials.drop(index=7)
+    data = prepare_data(clean, sim, None)
+    model, _ = build_model(
+        plan_model(sim, clean, None, "complete"), data, Likelihood(sim)
+    )
+    fastest = clean["rt"].min()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = fastest - 0.05  # about where clean rows leave it
+        assert warn_of_fast_guesses(sim, model, draws(t), data) == []
+
+
+def test_a_fit_with_one_fast_guess_and_t_pooled_says_so():
+    """The trial a tired scientist makes: every parameter pooled, one 0.05 s
+    guess at 0.15 s among 800 rows holds `t` near 0.12, short of the box's lower
+    bound (where the bound's own warning would speak) and far below 0.3: the fit
+    warns, naming the row, and records it with the domain warnings; with a lapse
+    component it does not."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(8, 100, seed=2)
+    trials.loc[11, "rt"] = 0.15
+    options = dict(
+        group="participant_id",
+        pooling="complete",
+        likelihood="exact",
+        draws=100,
+        tune=100,
+        chains=1,
+        seed=1,
+        progress=False,
+        posterior_predictive=False,
+    )
+    with pytest.warns(DomainWarning, match=r"held below row 11 \(rt 0.15, t 0.1"):
+        fit = sbi_plugins.fit(trials, "ddm", **options)
+    assert 0.02 < float(fit.posterior["t"].mean()) < 0.15
+    assert "row 11" in fit.attrs["domain_warnings"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        lapsed = sbi_plugins.fit(trials, "ddm", p_outlier=0.05, **options)
+    assert not [w for w in caught if "held below" in str(w.message)]
+    assert float(lapsed.posterior["t"].mean()) > 0.15
 
 
 def test_rts_in_milliseconds_are_named_as_such():

@@ -25,6 +25,7 @@ ONE_TRIAL = pd.DataFrame({"rt": [0.5], "response": [1]})
         ({"target_acept": 0.9}, "did you mean target_accept=?"),
         ({"chainz": 2}, "did you mean chains=?"),
         ({"frobnicate": 1}, "it takes group=, pooling="),
+        ({"model": "angle"}, "the second argument: fit(data, 'angle')"),
     ],
 )
 def test_a_foreign_or_mistyped_keyword_names_what_to_write(keywords, said):
@@ -35,6 +36,29 @@ def test_a_foreign_or_mistyped_keyword_names_what_to_write(keywords, said):
     assert isinstance(caught.value, SbiPluginsError)
     assert str(caught.value).startswith(f"fit() takes no {next(iter(keywords))}=")
     assert said in str(caught.value)
+
+
+def test_fits_own_warnings_point_at_the_callers_line(recwarn):
+    """The check runs inside `fit`, not in a wrapper whose line the warnings that
+    `fit` passes on (stacklevel 2) would name instead of the user's."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(2, 20, seed=3)
+    sbi_plugins.fit(
+        trials,
+        "ddm",
+        group="participant_id",
+        likelihood="exact",
+        draws=20,
+        tune=20,
+        chains=1,
+        seed=1,
+        progress=False,
+        posterior_predictive=False,
+    )
+    passed_on = [w for w in recwarn if "sbi_plugins" not in w.filename]
+    assert passed_on, [str(w.message)[:60] for w in recwarn]
+    assert all(w.filename == __file__ for w in passed_on)
 
 
 def test_the_equivalents_name_arguments_fit_takes():
