@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import sys
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -14,6 +16,7 @@ import arviz as az
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from sbi_plugins.contract import PopulationPrior, Simulator
 from sbi_plugins.data import (
@@ -240,6 +243,12 @@ def fit(
         mass_matrix=mass_matrix,
     )
 
+    if progress:
+        tqdm.write(
+            fit_plan(sim, frame, prepared, parameters, settings, method, deadline),
+            file=sys.stderr,
+        )
+
     def sample(estimator: TrainedEstimator | None) -> Sampled:
         current = lik if estimator is None else Likelihood(sim, estimator)
         model, model_kwargs = build_model(parameters, prepared, current, lapse)
@@ -351,6 +360,52 @@ def fit(
         prior_predictive=simulated_prior,
         conditions=condition_columns(frame, sim, group),
     )
+
+
+def fit_plan(
+    simulator: Simulator,
+    frame: pd.DataFrame,
+    prepared: PreparedData,
+    parameters: list,
+    settings: Settings,
+    method: str,
+    deadline: float | str | None = None,
+) -> str:
+    """One line said before a fit, as PyMC's "Sampling 4 chains for 1_000 tune and
+    1_000 draw iterations": the data, each parameter's mode, the sampler's
+    design, and the data's columns no parameter uses (a condition left out)."""
+    by_mode: dict[str, list[str]] = {}
+    for p in parameters:
+        by_mode.setdefault(p.pooling, []).append(p.name)
+    group = prepared.group or "group"
+    modes = {
+        "partial": f"by {group} around a population",
+        "none": f"by {group}, unpooled",
+        "complete": "pooled",
+        "formula": "by formula",
+    }
+    said = "; ".join(
+        f"{', '.join(names)} {modes.get(mode, mode)}" for mode, names in by_mode.items()
+    )
+    groups = f" in {prepared.num_groups} groups ({group})" if prepared.group else ""
+    sampler = (
+        f"NUTS, {settings.chains} chain{'s' if settings.chains > 1 else ''} x "
+        f"({settings.tune} tuning + "
+        f"{settings.draws} draws)"
+        if method == "nuts"
+        else f"method {method!r}"
+    )
+    line = f"{simulator.name}: {len(prepared.x):,} rows{groups}; {said}; {sampler}"
+    formulas = " ".join(getattr(p, "formula", "") for p in parameters)
+    unused = [
+        name
+        for name in condition_columns(frame, simulator, prepared.group)
+        if name != deadline and not re.search(rf"\b{re.escape(name)}\b", formulas)
+    ]
+    if unused:
+        word = "column" if len(unused) == 1 else "columns"
+        line += f"; not in the model: {word} {', '.join(map(repr, unused))}"
+    return line
 
 
 def deadline_attrs(

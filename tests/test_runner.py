@@ -541,3 +541,39 @@ def test_a_complete_or_unpooled_prior_is_recorded_with_its_numbers():
         assert described == "v ~ Normal(0.5, 1.5) in [-3, 3]", described
     partial = ParameterPlan.of(v, "partial", prior).describe()
     assert partial.startswith("v ~ normal(mu ~ Normal(0.5, 1.5), sigma ~ HalfNormal(1")
+
+
+def test_a_fit_says_its_plan_and_the_columns_it_leaves_out(small_data, capsys):
+    """PyMC's "Sampling 4 chains for 1_000 tune and 1_000 draw iterations", with
+    what an HSSM user most often misses: a condition column no parameter uses."""
+    data = small_data.assign(
+        oven=np.where(np.arange(len(small_data)) % 2, "gas", "electric")
+    )
+    sbi_plugins.fit(
+        data,
+        "cookie",
+        group="location",
+        likelihood="exact",
+        draws=5,
+        tune=5,
+        chains=1,
+        seed=1,
+        posterior_predictive=False,
+    )
+    said = capsys.readouterr().err.splitlines()[0]
+    assert said.startswith(f"cookie: {len(data)} rows in 5 groups (location); lam by")
+    assert "NUTS, 1 chain x (5 tuning + 5 draws)" in said
+    assert said.endswith("not in the model: column 'oven'")
+    sbi_plugins.fit(
+        data,
+        "cookie",
+        group="location",
+        likelihood="exact",
+        draws=5,
+        tune=5,
+        chains=1,
+        seed=1,
+        posterior_predictive=False,
+        progress=False,
+    )
+    assert "not in the model" not in capsys.readouterr().err
