@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -224,6 +225,33 @@ def test_poor_mixing_names_groups_by_their_labels_as_az_summary_does():
     # labels that do not fit the draws never stop a fit: positions then
     with pytest.warns(RuntimeWarning, match=r"worst t\[0\] "):
         warn_poor_mixing(stuck, dims, {"participant_id": ["s1", "s2"]})
+
+
+def test_a_fits_mixing_warning_names_subjects_by_their_labels():
+    """Through `fit`, as a user meets it: subjects s01..s03, v and a by subject
+    (centered sites), a run too short to mix; no site is named by position."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(3, 30, seed=1)
+    trials["participant_id"] = [f"s{int(i):02d}" for i in trials["participant_id"]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sbi_plugins.fit(
+            trials,
+            "ddm",
+            group="participant_id",
+            likelihood="exact",
+            pooling={"v": "partial", "a": "partial", "z": "complete", "t": "complete"},
+            draws=10,
+            tune=10,
+            chains=2,
+            seed=1,
+            progress=False,
+            posterior_predictive=False,
+        )
+    (mixing,) = [str(w.message) for w in caught if "r-hat is above" in str(w.message)]
+    assert re.search(r"\[s0[123]\]", mixing), mixing
+    assert not re.search(r"\[\d\]", mixing), mixing
 
 
 def test_an_r_hat_just_above_the_limit_is_not_printed_as_the_limit():

@@ -76,7 +76,12 @@ class Nuts:
         sample_stats = stack_chains([r.stats for r in results])
         samples = stack_chains([r.samples for r in results])
         warn_divergences(sample_stats, s.target_accept)
-        warn_poor_mixing(*model.posterior_variables(model.complete_draws(samples)))
+        variables, dims, coords = model.posterior_variables(
+            model.complete_draws(samples)
+        )
+        # the groups' labels, as the result's coordinates will name them
+        coords = {data.group_dim: data.group_labels, **coords}
+        warn_poor_mixing(variables, dims, coords)
         return Draws(
             samples,
             sample_stats,
