@@ -636,3 +636,11 @@ def pooling_of(idata: az.InferenceData) -> dict[str, str]:
         return dict(json.loads(fit_attrs(idata).get("pooling", "{}")))
     except (TypeError, ValueError):
         return {}
+
+
+def formulas_of(idata: az.InferenceData) -> dict[str, str]:
+    """Each formula parameter's formula, as `fit` recorded it ({} for none)."""
+    try:
+        return dict(json.loads(fit_attrs(idata).get("formulas", "{}")))
+    except (TypeError, ValueError):
+        return {}

@@ -246,7 +246,10 @@ def _overview_table(fits: Mapping[str, az.InferenceData]) -> str:
     rows = []
     for name, idata in fits.items():
         attrs = plot.fit_attrs(idata)
-        pooling = ", ".join(f"{k}: {v}" for k, v in plot.pooling_of(idata).items())
+        formulas = plot.formulas_of(idata)
+        pooling = ", ".join(
+            formulas.get(k) or f"{k}: {v}" for k, v in plot.pooling_of(idata).items()
+        )
         obs = idata.observed_data if "observed_data" in idata.groups() else None
         n_rows = max(obs.sizes.values()) if obs is not None and obs.sizes else "?"
         post = idata.posterior
@@ -565,12 +568,25 @@ def _simulator_parameters(idata: az.InferenceData) -> list[str]:
 
 
 def _forest_variables(fits: Mapping[str, az.InferenceData]) -> list[str]:
+    """Each parameter every fit has: the value itself, or for a formula its
+    population-level coefficients (`v_Intercept`, `v_C(cond)`), not its groups'."""
     first = next(iter(fits.values()))
-    return [
-        n
-        for n in _simulator_parameters(first)
-        if all(n in idata.posterior for idata in fits.values())
-    ]
+    try:
+        parameters = list(plot.simulator_bounds(first))
+    except SbiPluginsError:
+        parameters = [str(n) for n in first.posterior.data_vars]
+    names = []
+    for n in parameters:
+        names += (
+            [n]
+            if n in first.posterior
+            else [
+                v
+                for v in first.posterior.data_vars
+                if str(v).startswith(f"{n}_") and "|" not in str(v)
+            ]
+        )
+    return [n for n in names if all(n in idata.posterior for idata in fits.values())]
 
 
 def _forest_height(fits: Mapping[str, az.InferenceData]) -> float:

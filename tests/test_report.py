@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import warnings
 
 import arviz as az
 import numpy as np
@@ -235,3 +236,40 @@ def test_a_bare_fit_gets_notes_instead_of_missing_figures(tmp_path):
     assert "not drawn (this fit has no posterior_predictive group" in text
     assert "not drawn (this fit records no simulator" in text
     assert "n/a (1 chain)" in text and "One fit: nothing to compare" in text
+
+
+def test_formula_fits_are_told_apart_and_their_coefficients_compared():
+    """Two formula fits of the same data: the Fits table shows each formula (not
+    'v: formula' twice) and the forest compares the population coefficients
+    they share, drift included."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    from sbi_plugins.report import _forest_variables, _overview_table
+
+    trials, _ = simulate_dataset(3, 20, seed=1)
+    trials["cond"] = np.where(np.arange(len(trials)) % 2, "easy", "hard")
+    common = dict(
+        group="participant_id",
+        pooling={"a": "complete", "z": "complete", "t": "complete"},
+        likelihood="exact",
+        draws=5,
+        tune=5,
+        chains=1,
+        seed=1,
+        progress=False,
+        posterior_predictive=False,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fits = {
+            name: sbi_plugins.fit(trials, "ddm", formulas={"v": formula}, **common)
+            for name, formula in (
+                ("cond", "v ~ 1 + C(cond) + (1|participant_id)"),
+                ("plain", "v ~ 1 + (1|participant_id)"),
+            )
+        }
+    table = _overview_table(fits)
+    assert "v ~ 1 + C(cond) + (1|participant_id)" in table
+    assert "v ~ 1 + (1|participant_id)" in table and "v: formula" not in table
+    assert _forest_variables(fits) == ["v_Intercept", "a", "z", "t"]
+    assert _forest_variables({"cond": fits["cond"]})[:2] == ["v_Intercept", "v_C(cond)"]
