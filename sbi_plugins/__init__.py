@@ -32,6 +32,7 @@ _API = (
     "load_estimator",
     "fit_many",
     "collect_fits",
+    "population_values",
 )
 
 
@@ -69,5 +70,6 @@ __all__ = [
     "likelihood",
     "list_plugins",
     "load_estimator",
+    "population_values",
     "train",
 ]

@@ -1,4 +1,5 @@
-"""The public surface: fit, compare, train, likelihood, list_plugins."""
+"""The public surface: fit, compare, train, likelihood, list_plugins,
+population_values."""
 
 from sbi_plugins.batch import collect_fits, fit_many
 from sbi_plugins.estimators.artifact import load as load_estimator
@@ -6,6 +7,7 @@ from sbi_plugins.estimators.training import train as _train
 from sbi_plugins.likelihoods.distribution import likelihood
 from sbi_plugins.plugin.registry import get_simulator, list_plugins
 from sbi_plugins.results.comparison import compare
+from sbi_plugins.results.natural_scale import population_values
 from sbi_plugins.runner import fit
 
 __all__ = [
@@ -16,6 +18,7 @@ __all__ = [
     "likelihood",
     "list_plugins",
     "load_estimator",
+    "population_values",
     "train",
 ]
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import arviz as az
 import numpy as np
 import pandas as pd
@@ -440,3 +442,47 @@ def test_loo_prefers_the_true_effect_model(comparison_data, exact_effect_fit):
     assert table.index[0] == "effect"
     gap = table.loc["no effect", "elpd_diff"]
     assert gap > 2 * table.loc["no effect", "dse"], table
+
+
+def test_a_formula_parameter_is_read_on_its_own_scale_per_condition():
+    """`population_values(idata, "v", by="cond")` is the link of the intercept
+    plus each level's coefficient, draw by draw, on v's own scale (what an HSSM
+    user reads per condition); all rows at once is the average design row; a
+    parameter without a formula and a column not in the data are refused."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    trials, _ = simulate_dataset(3, 20, seed=1)
+    trials["cond"] = np.where(np.arange(len(trials)) % 4 == 0, "easy", "hard")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit = sbi_plugins.fit(
+            trials,
+            "ddm",
+            group="participant_id",
+            formulas={"v": "v ~ 1 + C(cond) + (1|participant_id)"},
+            pooling={"a": "complete", "z": "complete", "t": "complete"},
+            likelihood="exact",
+            draws=20,
+            tune=20,
+            chains=2,
+            seed=1,
+            progress=False,
+            posterior_predictive=False,
+        )
+    values = sbi_plugins.population_values(fit, "v", by="cond")["v"]
+    assert list(values["cond"].values) == ["easy", "hard"]
+    intercept = fit.posterior["v_Intercept"].values
+    slope = fit.posterior["v_C(cond)"].values[..., 0]
+
+    def on_v_scale(eta):
+        return -3 + 6 / (1 + np.exp(-eta))
+
+    np.testing.assert_allclose(values.sel(cond="easy"), on_v_scale(intercept))
+    np.testing.assert_allclose(values.sel(cond="hard"), on_v_scale(intercept + slope))
+    every = sbi_plugins.population_values(fit, "v")["v"].sel(rows="all")
+    np.testing.assert_allclose(every, on_v_scale(intercept + 0.75 * slope))
+    assert az.summary(sbi_plugins.population_values(fit, "v", by="cond")).shape[0] == 2
+    with pytest.raises(SbiPluginsError, match="'a' has no formula"):
+        sbi_plugins.population_values(fit, "a")
+    with pytest.raises(SbiPluginsError, match="column 'condition' is not in"):
+        sbi_plugins.population_values(fit, "v", by="condition")
