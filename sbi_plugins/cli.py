@@ -468,8 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
         choices=MASS_MATRICES,
         default="auto",
         help="NUTS's mass matrix: auto (default: dense where every population is "
-        "centered, --tune at least 500, at most 60 dimensions), diagonal, or dense, "
-        "for posteriors where a pooled parameter moves with many subjects' values",
+        "centered and the warm-up's last window has 5 draws per dimension, up to "
+        "100 dimensions at --tune 1000), diagonal, or dense, for posteriors where "
+        "a pooled parameter moves with many subjects' values",
     )
     p.add_argument(
         "--compile",
