@@ -18,6 +18,7 @@ LAYERS = [
         "plugin",
         {
             "errors",
+            "keywords",
             "versions",
             "contract",
             "outputs",

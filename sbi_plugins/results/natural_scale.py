@@ -16,6 +16,7 @@ import xarray as xr
 from sbi_plugins.contract import Parameter
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.model.formulas import link, parse_formula
+from sbi_plugins.plugin.registry import get_simulator
 
 
 def population_values(
@@ -34,9 +35,8 @@ def population_values(
             f"{', '.join(formulas) or 'none'}): its values are in the posterior, "
             f"az.summary(idata, var_names=[{parameter!r}])"
         )
-    from sbi_plugins.plot import simulator_bounds
-
-    low, high = simulator_bounds(idata)[parameter]
+    box = get_simulator(attrs["simulator"]).parameter(parameter)
+    low, high = box.lower, box.upper
     frame = _data_frame(idata, attrs.get("group") or "")
     if by is not None and by not in frame:
         raise SbiPluginsError(
