@@ -31,7 +31,7 @@ from sbi_plugins.quantiles import (
     quantile_table,
     source_label,
 )
-from sbi_plugins.results.idata import fit_attrs
+from sbi_plugins.results.idata import fit_attrs, per_parameter_attr
 
 __all__ = [
     "fit_attrs",
@@ -632,15 +632,9 @@ def estimator_check(idata: az.InferenceData) -> dict[str, object]:
 
 def pooling_of(idata: az.InferenceData) -> dict[str, str]:
     """Pooling per parameter, as `fit` recorded it ({} when unknown)."""
-    try:
-        return dict(json.loads(fit_attrs(idata).get("pooling", "{}")))
-    except (TypeError, ValueError):
-        return {}
+    return per_parameter_attr(idata, "pooling")
 
 
 def formulas_of(idata: az.InferenceData) -> dict[str, str]:
     """Each formula parameter's formula, as `fit` recorded it ({} for none)."""
-    try:
-        return dict(json.loads(fit_attrs(idata).get("formulas", "{}")))
-    except (TypeError, ValueError):
-        return {}
+    return per_parameter_attr(idata, "formulas")

@@ -559,24 +559,24 @@ def render_report(
     )
 
 
-def _simulator_parameters(idata: az.InferenceData) -> list[str]:
+def _parameter_names(idata: az.InferenceData) -> list[str]:
+    """The simulator's parameters (every posterior variable if it is not installed)."""
     try:
-        names = list(plot.simulator_bounds(idata))
+        return list(plot.simulator_bounds(idata))
     except SbiPluginsError:
         return [str(n) for n in idata.posterior.data_vars]
-    return [n for n in names if n in idata.posterior]
+
+
+def _simulator_parameters(idata: az.InferenceData) -> list[str]:
+    return [n for n in _parameter_names(idata) if n in idata.posterior]
 
 
 def _forest_variables(fits: Mapping[str, az.InferenceData]) -> list[str]:
     """Each parameter every fit has: the value itself, or for a formula its
     population-level coefficients (`v_Intercept`, `v_C(cond)`), not its groups'."""
     first = next(iter(fits.values()))
-    try:
-        parameters = list(plot.simulator_bounds(first))
-    except SbiPluginsError:
-        parameters = [str(n) for n in first.posterior.data_vars]
     names = []
-    for n in parameters:
+    for n in _parameter_names(first):
         names += (
             [n]
             if n in first.posterior

@@ -243,9 +243,10 @@ def fit(
         mass_matrix=mass_matrix,
     )
 
+    conditions = condition_columns(frame, sim, group)
     if progress:
         tqdm.write(
-            fit_plan(sim, frame, prepared, parameters, settings, method, deadline),
+            fit_plan(sim, conditions, prepared, parameters, settings, method, deadline),
             file=sys.stderr,
         )
 
@@ -358,13 +359,13 @@ def fit(
         coords=coords,
         prior=prior,
         prior_predictive=simulated_prior,
-        conditions=condition_columns(frame, sim, group),
+        conditions=conditions,
     )
 
 
 def fit_plan(
     simulator: Simulator,
-    frame: pd.DataFrame,
+    conditions: Mapping[str, np.ndarray],
     prepared: PreparedData,
     parameters: list,
     settings: Settings,
@@ -399,7 +400,7 @@ def fit_plan(
     formulas = " ".join(getattr(p, "formula", "") for p in parameters)
     unused = [
         name
-        for name in condition_columns(frame, simulator, prepared.group)
+        for name in conditions
         if name != deadline and not re.search(rf"\b{re.escape(name)}\b", formulas)
     ]
     if unused:

@@ -549,9 +549,7 @@ def test_a_fit_says_its_plan_and_the_columns_it_leaves_out(small_data, capsys):
     data = small_data.assign(
         oven=np.where(np.arange(len(small_data)) % 2, "gas", "electric")
     )
-    sbi_plugins.fit(
-        data,
-        "cookie",
+    options = dict(
         group="location",
         likelihood="exact",
         draws=5,
@@ -560,20 +558,10 @@ def test_a_fit_says_its_plan_and_the_columns_it_leaves_out(small_data, capsys):
         seed=1,
         posterior_predictive=False,
     )
+    sbi_plugins.fit(data, "cookie", **options)
     said = capsys.readouterr().err.splitlines()[0]
     assert said.startswith(f"cookie: {len(data)} rows in 5 groups (location); lam by")
     assert "NUTS, 1 chain x (5 tuning + 5 draws)" in said
     assert said.endswith("not in the model: column 'oven'")
-    sbi_plugins.fit(
-        data,
-        "cookie",
-        group="location",
-        likelihood="exact",
-        draws=5,
-        tune=5,
-        chains=1,
-        seed=1,
-        posterior_predictive=False,
-        progress=False,
-    )
+    sbi_plugins.fit(data, "cookie", progress=False, **options)
     assert "not in the model" not in capsys.readouterr().err

@@ -165,3 +165,12 @@ def fit_attrs(idata: az.InferenceData) -> dict[str, str]:
         if group in idata.groups():
             attrs.update(idata[group].attrs)
     return attrs
+
+
+def per_parameter_attr(idata: az.InferenceData, key: str) -> dict[str, str]:
+    """A recorded per-parameter attr (`pooling`, `formulas`) as a dict; {} when the
+    fit has none or it is unreadable."""
+    try:
+        return dict(json.loads(fit_attrs(idata).get(key) or "{}"))
+    except (TypeError, ValueError):
+        return {}

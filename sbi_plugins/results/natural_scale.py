@@ -5,8 +5,6 @@ here the coefficients live on the link scale (`sbi_plugins.model.formulas`)."""
 
 from __future__ import annotations
 
-import json
-
 import arviz as az
 import numpy as np
 import pandas as pd
@@ -17,6 +15,7 @@ from sbi_plugins.contract import Parameter
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.model.formulas import link, parse_formula
 from sbi_plugins.plugin.registry import get_simulator
+from sbi_plugins.results.idata import fit_attrs, per_parameter_attr
 
 
 def population_values(
@@ -27,17 +26,16 @@ def population_values(
     zero: e.g. `az.summary(population_values(idata, "v", by="cond"))` gives the
     drift of each condition. With only categorical terms each level's design is
     exact; a numeric covariate enters at its mean within the level."""
-    attrs = idata.posterior.attrs
-    formulas = json.loads(attrs.get("formulas") or "{}")
+    formulas = per_parameter_attr(idata, "formulas")
     if parameter not in formulas:
         raise SbiPluginsError(
             f"{parameter!r} has no formula in this fit (formulas: "
             f"{', '.join(formulas) or 'none'}): its values are in the posterior, "
             f"az.summary(idata, var_names=[{parameter!r}])"
         )
-    box = get_simulator(attrs["simulator"]).parameter(parameter)
+    box = get_simulator(fit_attrs(idata)["simulator"]).parameter(parameter)
     low, high = box.lower, box.upper
-    frame = _data_frame(idata, attrs.get("group") or "")
+    frame = _data_frame(idata, fit_attrs(idata).get("group") or "")
     if by is not None and by not in frame:
         raise SbiPluginsError(
             f"column {by!r} is not in the fit's data; its columns: "
@@ -45,19 +43,22 @@ def population_values(
         )
     rhs = formulas[parameter].split("~", 1)[1]
     spec = parse_formula(Parameter(parameter, low, high), rhs, frame)
-    levels = ["all"] if by is None else sorted(frame[by].unique(), key=str)
-    keys = np.zeros(len(frame)) if by is None else frame[by].to_numpy()
+    rows = (
+        {"all": np.ones(len(frame), dtype=bool)}
+        if by is None
+        else {
+            str(level): (frame[by] == level).to_numpy()
+            for level in sorted(frame[by].unique(), key=str)
+        }
+    )
     eta = 0.0
     for term in spec.common:
         coefficient = idata.posterior[f"{parameter}_{term.name}"].values
         coefficient = coefficient.reshape(*coefficient.shape[:2], -1)
-        design = np.stack(
-            [
-                term.columns[keys == level].mean(axis=0)
-                for level in ([0.0] if by is None else levels)
-            ]
-        )  # (levels, k)
-        eta = eta + np.einsum("cdk,lk->cdl", coefficient, design)
+        design = np.stack([term.columns[m].mean(axis=0) for m in rows.values()])
+        eta = eta + np.einsum(
+            "cdk,lk->cdl", coefficient, design
+        )  # (chain, draw, level)
     values = link(torch.as_tensor(eta), low, high).numpy()
     dim = by or "rows"
     return xr.Dataset(
@@ -65,7 +66,7 @@ def population_values(
         coords={
             "chain": idata.posterior["chain"].values,
             "draw": idata.posterior["draw"].values,
-            dim: [str(level) for level in levels],
+            dim: list(rows),
         },
     )
 
