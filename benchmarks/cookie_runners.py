@@ -107,6 +107,8 @@ def main() -> None:
     }
     per_ess = {}
     for name, (run, seeds) in runs.items():
+        if not seeds:  # --talk-seeds 0: the talk-style model is not run
+            continue
         total_seconds = total_ess = 0.0
         for seed in seeds:
             start = time.perf_counter()
@@ -130,10 +132,11 @@ def main() -> None:
         f"\nneural / exact per effective sample: "
         f"{per_ess['neural runner'] / per_ess['exact runner']:.2f} (target <= 1.5)"
     )
-    print(
-        f"talk-style / neural per effective sample: "
-        f"{per_ess['talk-style'] / per_ess['neural runner']:.2f} (target >= 3)"
-    )
+    if "talk-style" in per_ess:
+        print(
+            f"talk-style / neural per effective sample: "
+            f"{per_ess['talk-style'] / per_ess['neural runner']:.2f} (target >= 3)"
+        )
 
 
 if __name__ == "__main__":

@@ -69,9 +69,13 @@ FOREIGN_FLAGS = {
 """The same on the command line: a foreign option -> the flag to give."""
 
 
-class UnknownKeyword(SbiPluginsError, TypeError):
-    """A keyword argument the function does not take (still a TypeError, as
+class ArgumentError(SbiPluginsError, TypeError):
+    """Arguments a function does not take as given (still a TypeError, as
     Python's own)."""
+
+
+class UnknownKeyword(ArgumentError):
+    """A keyword argument the function does not take."""
 
 
 def refuse_unknown_keywords(
@@ -110,4 +114,17 @@ def describe_unknown(function: str, name: str, value: Any, accepted: list[str]) 
     return (
         f"{function}() takes no {name}=; it takes "
         f"{', '.join(a + '=' for a in accepted if a not in ('data', 'simulator'))}"
+    )
+
+
+def refuse_swapped_arguments(function: str, data: Any, simulator: Any) -> None:
+    """`fit("angle", trials)`, the order of HSSM's `HSSM(model=..., data=...)` read
+    left to right, is refused with the call to make, not Python's 'unhashable
+    type: DataFrame' from the simulator lookup."""
+    if isinstance(simulator, str) or not hasattr(simulator, "columns"):
+        return
+    name = data if isinstance(data, str) else "ddm"
+    raise ArgumentError(
+        f"{function}() takes the data first and the simulator second: "
+        f"{function}(trials, {name!r}); it got a table as the simulator"
     )

@@ -41,7 +41,7 @@ from sbi_plugins.estimators.refinement import (
 from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import MASS_MATRICES, Settings, get_method
 from sbi_plugins.inference.centering import choose_centering, population_forms
-from sbi_plugins.keywords import refuse_unknown_keywords
+from sbi_plugins.keywords import refuse_swapped_arguments, refuse_unknown_keywords
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
@@ -182,6 +182,7 @@ def fit(
     attrs record which ran.
     """
     refuse_unknown_keywords(fit, others)
+    refuse_swapped_arguments("fit", data, simulator)
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
         raise SbiPluginsError(

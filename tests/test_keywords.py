@@ -74,3 +74,12 @@ def test_the_equivalents_name_arguments_fit_takes():
         "data",
         "simulator",
     ]
+
+
+def test_the_simulator_given_first_names_the_call_to_make():
+    """HSSM reads model= before data=; the same order positionally is refused
+    with the call to write, not the lookup's 'unhashable type: DataFrame'."""
+    with pytest.raises(TypeError) as caught:
+        sbi_plugins.fit("angle", ONE_TRIAL)
+    assert isinstance(caught.value, SbiPluginsError)
+    assert "fit(trials, 'angle')" in str(caught.value)

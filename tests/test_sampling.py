@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from sbi_plugins.inference import nuts
+from sbi_plugins.inference.flat import FLAT, FlatLayout
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -195,3 +196,65 @@ def test_a_dense_mass_matrix_follows_a_correlated_posterior():
     # a 0.99 ridge is 14 times longer than it is wide: diagonal trees span it
     # in many steps, dense ones in a few
     assert dense < diagonal / 2, (dense, diagonal)
+
+
+def test_a_flat_layout_returns_each_site_with_its_shape_batches_included():
+    values = {"b": torch.randn(3, 2), "a": torch.tensor(0.5), "c": torch.randn(4)}
+    layout = FlatLayout.of(values)
+    flat = layout.flatten(values)
+    assert flat.shape == (11,)
+    back = layout.unflatten(flat)
+    assert all(torch.equal(back[k], v) for k, v in values.items())
+    batch = torch.stack([flat, 2 * flat])  # draws of the vector, (draws, dims)
+    sites = layout.unflatten(batch)
+    assert sites["b"].shape == (2, 3, 2) and sites["a"].shape == (2,)
+    assert torch.equal(sites["c"][1], 2 * values["c"])
+
+
+def _three_site_model() -> None:
+    pyro.sample("scale", dist.LogNormal(0.0, 0.5))
+    pyro.sample("loc", dist.Normal(torch.arange(3.0), 1.0).to_event(1))
+    pyro.sample("weight", dist.Beta(2.0, 5.0))
+
+
+def test_nuts_moves_one_flat_vector_and_returns_the_models_sites():
+    chains = nuts.run_nuts(
+        _three_site_model,
+        {},
+        draws=400,
+        tune=300,
+        chains=2,
+        seed=5,
+        progress=False,
+        jit=False,
+    )
+    draws = {
+        k: np.concatenate([c.samples[k] for c in chains]) for k in chains[0].samples
+    }
+    assert set(draws) == {"scale", "loc", "weight"}
+    assert draws["loc"].shape == (800, 3) and draws["scale"].shape == (800,)
+    # constrained site by site: positive, and inside (0, 1)
+    assert (draws["scale"] > 0).all() and (
+        (draws["weight"] > 0) & (draws["weight"] < 1)
+    ).all()
+    # each at its prior; 4 sd of the mean of 800 draws (ESS at least 200)
+    assert abs(np.log(draws["scale"]).mean()) < 4 * 0.5 / np.sqrt(200)
+    assert np.abs(draws["loc"].mean(0) - np.arange(3.0)).max() < 4 / np.sqrt(200)
+    weight_sd = np.sqrt(2 * 5 / (7**2 * 8))
+    assert abs(draws["weight"].mean() - 2 / 7) < 4 * weight_sd / np.sqrt(200)
+
+
+def test_a_preset_inverse_mass_reaches_the_flat_vectors_adapter():
+    preset = {
+        "scale": torch.tensor(0.3),
+        "loc": torch.tensor([1.0, 2.0, 3.0]),
+        "weight": torch.tensor(0.7),
+    }
+    kernel = nuts.RecordingNUTS(
+        _three_site_model, jit_compile=False, inverse_mass=preset
+    )
+    kernel.setup(warmup_steps=10)
+    assert set(kernel.initial_params) == {FLAT}
+    (inverse_mass,) = kernel.mass_matrix_adapter.inverse_mass_matrix.values()
+    # sites in name order: loc, scale, weight
+    assert torch.allclose(inverse_mass.float(), torch.tensor([1.0, 2.0, 3.0, 0.3, 0.7]))

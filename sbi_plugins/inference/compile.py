@@ -23,6 +23,7 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 from torch import Tensor
 
+from sbi_plugins.inference.flat import FlatLayout
 from sbi_plugins.model.potential import Potential
 
 if TYPE_CHECKING:
@@ -33,8 +34,7 @@ MIN_COMPILED_ROWS = 500
 """Compile by default only when both are reached: compiling takes 5 to 45 s (the
 first time; torch caches it on disk), and saves about 1.5 ms per leapfrog step on
 the DDM's 1,000 trials, so it pays from a few thousand iterations on. On small data
-the potential is cheap beside NUTS's own bookkeeping (0.6 ms per step), so there
-is little to save (the 150 cookies: about 0.5 ms per step)."""
+there is little to save (the 150 cookies: about 0.5 ms per step)."""
 VALUE_TOLERANCE = 1e-5
 """Relative agreement asked of the compiled potential: the float32 networks'
 operations are fused in another order (rounding over 1,000 rows reaches 1e-6)."""
@@ -80,6 +80,30 @@ def pyro_potential(
     return init, potential_fn, transforms
 
 
+class CompiledPotential:
+    """The compiled potential, of the model's sites (`potential(params)`) or of
+    their flat vector (`potential.flat(vector)`, what NUTS calls: see
+    `sbi_plugins.inference.flat`)."""
+
+    def __init__(
+        self, eager: Potential, layout: FlatLayout, compiled: Callable[[Tensor], Tensor]
+    ) -> None:
+        self.eager, self.layout, self._compiled = eager, layout, compiled
+
+    def flat(self, flat: Tensor) -> Tensor:
+        if not flat.requires_grad:  # Pyro's rare calls without a gradient
+            return self.eager(self.layout.unflatten(flat))
+        # distributions built inside (the population's) skip validation too, so
+        # the compiled graph is the same whatever the global setting is
+        with pyro.validation_enabled(False):
+            return self._compiled(flat)
+
+    def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
+        if not all(v.requires_grad for v in params.values()):
+            return self.eager(params)
+        return self.flat(self.layout.flatten(params))
+
+
 def _fresh(function: Callable) -> Callable:
     """The same function with a code object of its own: torch keeps compiled code
     per code object, so each fit's potential gets its own cache, freed with it,
@@ -120,7 +144,7 @@ def compiled_potential(
     model: HierarchicalModel,
     model_kwargs: Mapping[str, Any],
     starts: Sequence[Mapping[str, Tensor]],
-) -> PotentialFn | None:
+) -> CompiledPotential | None:
     """The model's potential compiled with `torch.compile` (forward and gradient
     fused into a few C++ loops), checked at every chain's start (constrained
     values) against Pyro's own potential of the model. Compiled here, before chains
@@ -130,22 +154,14 @@ def compiled_potential(
     potential, as without compiling."""
     init, reference, transforms = pyro_potential(model, model_kwargs, starts[0])
     potential = Potential(model, transforms, model_kwargs)
-    names = sorted(init)
+    layout = FlatLayout.of(init)
 
-    def flat(*values: Tensor) -> Tensor:
-        return potential(dict(zip(names, values, strict=True)))
+    def of_flat(flat: Tensor) -> Tensor:
+        return potential(layout.unflatten(flat))
 
-    compiled = torch.compile(_fresh(flat), fullgraph=True, dynamic=False)
-
-    def potential_fn(params: Mapping[str, Tensor]) -> Tensor:
-        values = [params[k] for k in names]
-        # distributions built inside (the population's) skip validation too, so
-        # the compiled graph is the same whatever the global setting is
-        with pyro.validation_enabled(False):
-            if not all(v.requires_grad for v in values):
-                return potential(params)  # Pyro's rare calls without a gradient
-            return compiled(*values)
-
+    potential_fn = CompiledPotential(
+        potential, layout, torch.compile(_fresh(of_flat), fullgraph=True, dynamic=False)
+    )
     points = [
         {k: transforms[k](v) for k, v in start.items() if k in transforms}
         for start in starts

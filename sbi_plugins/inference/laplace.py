@@ -16,11 +16,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.mcmc.adaptation import BlockMassMatrix
 from pyro.infer.mcmc.util import initialize_model
+
+from sbi_plugins.inference.flat import FlatLayout
 
 MAX_DIM = 300
 """Above this many unconstrained dimensions the Hessian costs too much: skip."""
@@ -46,19 +47,6 @@ class PresetMassMatrix(BlockMassMatrix):
                 preset[sites] = flat.to(**options)
         if preset:
             self.inverse_mass_matrix = preset
-
-
-def _flat(names: list[str], values: dict[str, torch.Tensor]) -> torch.Tensor:
-    return torch.cat([values[n].reshape(-1) for n in names]).detach().double()
-
-
-def _unflat(names, shapes, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    out, i = {}, 0
-    for name, shape in zip(names, shapes, strict=True):
-        size = int(np.prod(shape)) if len(shape) else 1
-        out[name] = flat[i : i + size].reshape(shape)
-        i += size
-    return out
 
 
 def laplace_start(
@@ -103,8 +91,8 @@ def offset_precision(
         found = _mode_and_hessian(model, model_kwargs, init)
     if isinstance(found, str):
         return None
-    names, shapes, _, _, _, hessian = found
-    curvature = _unflat(names, shapes, torch.diag(hessian))
+    layout, _, _, _, hessian = found
+    curvature = layout.unflatten(torch.diag(hessian))
     return {
         site: float(curvature[site].median()) for site in sites if site in curvature
     }
@@ -121,7 +109,7 @@ def _laplace(
     found = _mode_and_hessian(model, model_kwargs, init)
     if isinstance(found, str):
         return found
-    names, shapes, transforms, potential, mode, hessian = found
+    layout, transforms, potential, mode, hessian = found
     d = mode.numel()
     try:
         variance = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(hessian)))
@@ -132,7 +120,7 @@ def _laplace(
         torch.isfinite(variance) & (variance > 0), variance, per_axis
     )
     variance = variance.nan_to_num(1.0).clamp(1e-10, 4.0)
-    inverse_mass = _unflat(names, shapes, variance)
+    inverse_mass = layout.unflatten(variance)
 
     starts = []
     generator = torch.Generator().manual_seed(seed)
@@ -144,8 +132,8 @@ def _laplace(
                 break
         else:
             z = mode
-        values = _unflat(names, shapes, z)
-        starts.append({n: transforms[n].inv(values[n]).detach() for n in names})
+        values = layout.unflatten(z)
+        starts.append({n: transforms[n].inv(v).detach() for n, v in values.items()})
     return starts, inverse_mass
 
 
@@ -154,7 +142,7 @@ def _mode_and_hessian(
     model_kwargs: dict[str, Any],
     init: dict[str, torch.Tensor] | None,
 ) -> tuple | str:
-    """(site names, shapes, transforms, flat potential, mode, Hessian there) in
+    """(the sites' flat layout, transforms, flat potential, mode, Hessian there) in
     the unconstrained space, or why there is none."""
     strategy = {} if init is None else {"init_strategy": init_to_value(values=init)}
     try:
@@ -163,9 +151,8 @@ def _mode_and_hessian(
         )
     except (RuntimeError, ValueError) as exc:
         return f"Pyro could not set the model up: {str(exc).splitlines()[0]}"
-    names = sorted(init)
-    shapes = [tuple(init[n].shape) for n in names]
-    x0 = _flat(names, init)
+    layout = FlatLayout.of(init)
+    x0 = layout.flatten(init).detach().double()
     if x0.numel() > MAX_DIM:
         return (
             f"{x0.numel()} unconstrained dimensions, more than the {MAX_DIM} its "
@@ -173,7 +160,7 @@ def _mode_and_hessian(
         )
 
     def potential(flat: torch.Tensor) -> torch.Tensor:
-        return potential_fn(_unflat(names, shapes, flat))
+        return potential_fn(layout.unflatten(flat))
 
     def gradient(flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         flat = flat.detach().requires_grad_()
@@ -227,4 +214,4 @@ def _mode_and_hessian(
     if not torch.isfinite(hessian).all():
         return "the Hessian at the mode is not finite"
     hessian = 0.5 * (hessian + hessian.T)
-    return names, shapes, transforms, potential, mode, hessian
+    return layout, transforms, potential, mode, hessian

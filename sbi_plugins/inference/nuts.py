@@ -1,4 +1,5 @@
-"""Pyro NUTS, chains in parallel processes, with per-chain progress bars and seeds.
+"""Pyro NUTS, chains in parallel processes, with per-chain progress bars and seeds;
+the model's sites move as one flat vector (`sbi_plugins.inference.flat`).
 
 Each chain has its own seed derived from the fit's seed, so a chain's draws are the
 same whether chains run in parallel processes or one after another. Chains run on
@@ -23,6 +24,8 @@ from pyro.infer.autoguide.initialization import init_to_value
 from pyro.util import get_rng_state, set_rng_state
 from tqdm.auto import tqdm
 
+from sbi_plugins.inference.flat import FLAT, FlatLayout, vector_potential
+from sbi_plugins.inference.laplace import PresetMassMatrix
 from sbi_plugins.parallel import WorkerDied, exit_cause, forked_map, local_workers
 
 PROGRESS_EVERY = 25
@@ -54,11 +57,15 @@ class RecordingNUTS(NUTS):
         self,
         *args: Any,
         potential: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None,
+        inverse_mass: dict[str, torch.Tensor] | None = None,
+        trace: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self._trace = trace
         self.records: list[dict[str, float | int | bool]] = []
         self._own_potential = potential
+        self._inverse_mass = inverse_mass
         self._depth = 0
         self._start_momentum: dict[Any, torch.Tensor] | None = None
         self._steps: dict[int, Any] = {}
@@ -68,10 +75,35 @@ class RecordingNUTS(NUTS):
 
     def _initialize_model_properties(self, model_args: Any, model_kwargs: Any) -> None:
         """Pyro's set-up (initial values, transforms), then the given potential,
-        where there is one, in place of Pyro's (see `sbi_plugins.model.potential`)."""
+        where there is one, in place of Pyro's (see `sbi_plugins.model.potential`),
+        and the sites as one flat vector (`sbi_plugins.inference.flat`). `trace`
+        does what Pyro's `jit_compile` does, on the potential of the vector."""
         super()._initialize_model_properties(model_args, model_kwargs)
-        if self._own_potential is not None:
-            self.potential_fn = self._own_potential
+        sites = (
+            self.potential_fn if self._own_potential is None else self._own_potential
+        )
+        self.layout = FlatLayout.of(self._initial_params)
+        self.site_transforms = self.transforms
+        vector = vector_potential(sites, self.layout)
+        if self._trace:
+            vector = traced_on_first_call(vector)
+        self.potential_fn = lambda params: vector(params[FLAT])
+        self._initial_params = {FLAT: self.layout.flatten(self._initial_params)}
+        self.transforms = {}  # the draws are constrained site by site (`constrained`)
+        if self._inverse_mass is not None:
+            self.mass_matrix_adapter = PresetMassMatrix(
+                {FLAT: self.layout.flatten(self._inverse_mass)}
+            )
+
+    def constrained(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Draws of the flat vector, `(draws, dims)`, as the model's constrained
+        sites."""
+        return {
+            name: self.site_transforms[name].inv(value)
+            if name in self.site_transforms
+            else value
+            for name, value in self.layout.unflatten(flat).items()
+        }
 
     def _sample_r(self, name: str) -> tuple[dict, dict]:
         """The momentum the transition starts from: the state kept when no
@@ -162,6 +194,25 @@ class RecordingNUTS(NUTS):
         }
 
 
+def traced_on_first_call(
+    potential: Callable[[torch.Tensor], torch.Tensor],
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`potential` traced with TorchScript at its first call, as Pyro's
+    `jit_compile` traces its own: one graph, the unflattening included."""
+    graph: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def call(flat: torch.Tensor) -> torch.Tensor:
+        nonlocal graph
+        if graph is None:
+            with pyro.validation_enabled(False), warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.filterwarnings("ignore", message=".*jit.trace.*deprecated")
+                graph = torch.jit.trace(potential, flat, check_trace=False)
+        return graph(flat)
+
+    return call
+
+
 STAT_DTYPES = {
     "diverging": np.bool_,
     "energy": np.float64,
@@ -236,20 +287,18 @@ def _sample_chain(
         job.model,
         target_accept_prob=job.target_accept,
         max_tree_depth=job.max_tree_depth,
-        jit_compile=job.jit and job.potential is None,
+        jit_compile=False,  # traced as one vector instead (`trace`)
+        trace=job.jit and job.potential is None,
         potential=job.potential,
         ignore_jit_warnings=True,
         full_mass=job.dense_mass,
+        inverse_mass=job.inverse_mass,
         **(
             {"init_strategy": init_to_value(values=job.starts[chain])}
             if job.starts
             else {}
         ),
     )
-    if job.inverse_mass is not None:
-        from sbi_plugins.inference.laplace import PresetMassMatrix
-
-        kernel.mass_matrix_adapter = PresetMassMatrix(job.inverse_mass)
     total = job.draws + job.tune
 
     def hook(_kernel: Any, _sample: Any, _stage: Any, i: int) -> None:
@@ -270,7 +319,8 @@ def _sample_chain(
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
         warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         mcmc.run(**job.model_kwargs)
-    samples = {k: v.detach().cpu().numpy() for k, v in mcmc.get_samples().items()}
+    draws = kernel.constrained(mcmc.get_samples()[FLAT])
+    samples = {k: v.detach().cpu().numpy() for k, v in draws.items()}
     records = kernel.records[job.tune :]
     stats = (
         {k: np.array([r[k] for r in records], dtype=STAT_DTYPES[k]) for k in records[0]}

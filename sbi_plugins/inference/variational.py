@@ -46,6 +46,7 @@ from sbi_plugins.inference.compile import (
     pyro_potential,
     worth_compiling,
 )
+from sbi_plugins.inference.flat import FlatLayout, vector_potential
 
 if TYPE_CHECKING:
     from sbi_plugins.data import PreparedData
@@ -140,28 +141,21 @@ class FlatPosterior:
         if worth_compiling(compile, 1, MAX_STEPS, rows):
             potential = compiled_potential(model, kwargs, [start])
         self.compiled = potential is not None
-        self.potential = potential or reference
-        self.names = sorted(init)
-        self.shapes = [init[n].shape for n in self.names]
-        self.start = torch.cat([init[n].detach().reshape(-1) for n in self.names])
-
-    def unflat(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        out, i = {}, 0
-        for name, shape in zip(self.names, self.shapes, strict=True):
-            size = math.prod(shape)
-            out[name] = z[..., i : i + size].reshape((*z.shape[:-1], *shape))
-            i += size
-        return out
+        self.layout = FlatLayout.of(init)
+        self.potential = vector_potential(potential or reference, self.layout)
+        self.start = self.layout.flatten(init).detach()
 
     def constrained(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One unconstrained vector -> each site's constrained value."""
-        return {k: self.transforms[k].inv(v) for k, v in self.unflat(z).items()}
+        """Unconstrained vectors `(..., dims)` -> each site's constrained values."""
+        return {
+            k: self.transforms[k].inv(v) for k, v in self.layout.unflatten(z).items()
+        }
 
     def __call__(self) -> None:
         support = dist.constraints.real
         z = pyro.sample("z", dist.ImproperUniform(support, (), (len(self.start),)))
         with poutine.block():  # Pyro's potential traces the model: not our sites
-            potential = self.potential(self.unflat(z))
+            potential = self.potential(z)
         pyro.factor("log_joint", -potential)
 
 
