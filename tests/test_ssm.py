@@ -273,3 +273,35 @@ def test_simulated_subjects_form_a_population_inside_every_box(model):
         if values.std() > 0:
             at_edge = np.isclose(values[:, None], edges).any(axis=1).sum()
             assert at_edge <= 2, (p.name, values)
+
+
+@pytest.mark.parametrize("model", SHIPPED)
+def test_rows_sharing_parameters_simulate_as_one_call_per_row_does(model):
+    """A subject's trials share one parameter vector; the plugin simulates them as
+    that vector's n_samples (much faster: benchmarks/repeated_rows.py). Rows of two
+    vectors interleaved, and three rows of a third, must each come out as their
+    own vector's trials, distributed as one ssm-simulators sample per row gives
+    them: the same choice shares (4 binomial sd) and RTs (KS test)."""
+    from scipy import stats
+
+    simulator = sbi_plugins.get_simulator(model)
+    lows = np.array([p.lower for p in simulator.parameters])
+    highs = np.array([p.upper for p in simulator.parameters])
+    vectors = lows + (highs - lows) * np.array([[0.35], [0.6], [0.5]])
+    which = np.r_[np.tile([0, 1], 1500), [2, 2, 2]]
+    theta = vectors[which]
+    grouped = simulator.simulate(theta, np.random.default_rng(7))
+    for v in (0, 1):
+        mine = grouped[which == v]
+        # one sample per row, one call per vector (levy's noise is per call)
+        reference = simulator.simulate._call(theta[which == v], 1, 8 + v)[0]
+        assert stats.ks_2samp(mine[:, 0], reference[:, 0]).pvalue > 0.001
+        for code in np.unique(reference[:, 1]):
+            share = (reference[:, 1] == code).mean()
+            sd = np.sqrt(2 * share * (1 - share) / len(mine))
+            assert abs((mine[:, 1] == code).mean() - share) <= 4 * sd + 1e-9
+    # the rows of the two vectors differ, so a row given another's sample would show
+    assert np.isfinite(grouped[which == 2, 0]).all()
+    np.testing.assert_array_equal(
+        grouped, simulator.simulate(theta, np.random.default_rng(7))
+    )
