@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a parameter's regression formula, e.g. \"v ~ 1 + difficulty + "
         '(1|participant_id)"; repeat for more parameters',
     )
-    p.add_argument("--likelihood", choices=("neural", "exact"), default="neural")
+    # checked by fit, which names HSSM's words for them ('analytical' -> exact)
+    p.add_argument("--likelihood", metavar="{neural,exact}", default="neural")
     p.add_argument("--estimator", help="estimator file (default: shipped or cached)")
     p.add_argument("--cores", type=int, default=None)
     p.add_argument(

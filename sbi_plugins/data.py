@@ -364,6 +364,21 @@ def _read_binary(path: Path, raw: bytes, kind: str) -> pd.DataFrame:
         raise _data_error(path, f"as {kind}: {reason}") from exc
 
 
+def as_table(data: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """The user's data: a DataFrame as it is, a path read (`read_table`); anything
+    else refused with what to pass."""
+    if isinstance(data, pd.DataFrame):
+        return data
+    if not isinstance(data, str | os.PathLike):
+        raise DataError(
+            f"the data must be a pandas DataFrame or the path of a table, got "
+            f"{type(data).__name__}: wrap an array as pd.DataFrame(array, "
+            "columns=[...]) with the columns the simulator needs (`sbi-plugins list "
+            "NAME` shows them) and the group column"
+        )
+    return read_table(data)
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read the user's table (CSV in its common dialects, JSON, Stata, SAS, parquet),
     or refuse it in one line that says what the file is and what to do."""
@@ -437,6 +452,23 @@ def condition_columns(
     return kept
 
 
+def non_numeric_hint(name: str, values: pd.Series, codes: tuple | None) -> str:
+    """What the non-numeric values are, and the likely fix: decimal commas, or
+    labels (a choice coded 'upper'/'lower') to recode as numbers."""
+    found = list(dict.fromkeys(map(str, values)))
+    shown = ", ".join(map(repr, found[:4])) + (", ..." if len(found) > 4 else "")
+    if all(re.fullmatch(r"-?\d*,\d+", v.strip()) for v in found[:20]):
+        return (
+            f"found {shown}: decimal commas? Write '.' decimals, or separate the "
+            "columns with ';' (read as decimal commas then)"
+        )
+    coded = f" coded {', '.join(f'{c:g}' for c in codes)}" if codes else ""
+    return (
+        f"found {shown}; {name!r} takes numbers{coded}: recode, e.g. "
+        f"df[{name!r}] = df[{name!r}].map({{{found[0]!r}: ...}})"
+    )
+
+
 def prepare_data(
     data: pd.DataFrame | str | Path,
     simulator: Simulator,
@@ -447,7 +479,7 @@ def prepare_data(
     their sorted labels (the user's labels become coordinates). With a `deadline`
     (seconds, or the name of a column of per-trial deadlines) rows whose response
     time is missing or -999 (HSSM's code) are omissions (see `mark_omissions`)."""
-    frame = data if isinstance(data, pd.DataFrame) else read_table(data)
+    frame = as_table(data)
     if len(frame) == 0:
         raise DataError("the data have no rows")
     columns = [str(c) for c in frame.columns]
@@ -461,7 +493,8 @@ def prepare_data(
     labels = frame.index.to_numpy()
     omitted, deadlines = mark_omissions(frame, simulator, deadline)
     x = np.empty((len(frame), len(simulator.observables)))
-    for j, name in enumerate(simulator.observable_names):
+    for j, observable in enumerate(simulator.observables):
+        name = observable.name
         values = pd.to_numeric(frame[name], errors="coerce")
         bad = values.isna().to_numpy() & frame[name].notna().to_numpy()
         if omitted is not None:
@@ -469,7 +502,8 @@ def prepare_data(
         if bad.any():
             raise DataError(
                 f"column {name!r} has non-numeric values at "
-                f"{describe_rows(bad, labels)}"
+                f"{describe_rows(bad, labels)}: "
+                f"{non_numeric_hint(name, frame[name][bad], observable.codes)}"
             )
         x[:, j] = values.to_numpy(dtype=float)
     if omitted is not None:
@@ -486,8 +520,12 @@ def prepare_data(
             deadlines,
         )
     if group not in frame.columns:
+        in_index = group in (frame.index.names or [])
         raise DataError(
-            f"group column {group!r} is not in the data (the data have "
+            f"group column {group!r} is the table's index, not one of its columns "
+            "(after a groupby?): pass df.reset_index()"
+            if in_index
+            else f"group column {group!r} is not in the data (the data have "
             f"{', '.join(columns)})"
         )
     groups = frame[group]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -120,7 +121,14 @@ def describe_unknown(function: str, name: str, value: Any, accepted: list[str]) 
 def refuse_swapped_arguments(function: str, data: Any, simulator: Any) -> None:
     """`fit("angle", trials)`, the order of HSSM's `HSSM(model=..., data=...)` read
     left to right, is refused with the call to make, not Python's 'unhashable
-    type: DataFrame' from the simulator lookup."""
+    type: DataFrame' from the simulator lookup; so is a fit without a simulator
+    (the simulator has a default only so that HSSM's `model=` reaches
+    `refuse_unknown_keywords`)."""
+    if simulator is None:  # HSSM's model= was refused first, with its equivalent
+        raise ArgumentError(
+            f"{function}() needs the simulator after the data: {function}(trials, "
+            "'ddm') (sbi-plugins list shows the installed ones)"
+        )
     if isinstance(simulator, str) or not hasattr(simulator, "columns"):
         return
     name = data if isinstance(data, str) else "ddm"
@@ -128,3 +136,38 @@ def refuse_swapped_arguments(function: str, data: Any, simulator: Any) -> None:
         f"{function}() takes the data first and the simulator second: "
         f"{function}(trials, {name!r}); it got a table as the simulator"
     )
+
+
+def check_counts(**counts: Any) -> None:
+    """draws, tune, chains (and seed) as whole numbers, before any work: '500' or
+    2.5 would otherwise fail deep inside the sampler. A whole float (500.0) is
+    taken."""
+    for name, value in counts.items():
+        if value is None and name == "seed":
+            continue
+        whole = isinstance(value, numbers.Integral) or (
+            isinstance(value, float) and value.is_integer()
+        )
+        if isinstance(value, bool) or not whole:
+            raise ArgumentError(
+                f"{name} must be a whole number, got {value!r} ({type(value).__name__})"
+            )
+
+
+def check_target_accept(value: Any) -> None:
+    """NUTS's target acceptance is a probability; 95 (a percentage) would drive
+    the step size to nothing."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not (0 < value < 1)
+    ):
+        hint = (
+            f" ({value / 100:g}?)"
+            if isinstance(value, numbers.Real) and 1 < value < 100
+            else ""
+        )
+        raise ArgumentError(
+            f"target_accept must lie between 0 and 1, such as 0.8 (the default) or "
+            f"0.95; got {value!r}{hint}"
+        )

@@ -21,9 +21,9 @@ from tqdm.auto import tqdm
 from sbi_plugins.contract import PopulationPrior, Simulator
 from sbi_plugins.data import (
     PreparedData,
+    as_table,
     condition_columns,
     prepare_data,
-    read_table,
 )
 from sbi_plugins.errors import SbiPluginsError
 from sbi_plugins.estimators.artifact import TrainedEstimator
@@ -41,7 +41,12 @@ from sbi_plugins.estimators.refinement import (
 from sbi_plugins.estimators.resolve import resolve_estimator
 from sbi_plugins.inference.base import MASS_MATRICES, Settings, get_method
 from sbi_plugins.inference.centering import choose_centering, population_forms
-from sbi_plugins.keywords import refuse_swapped_arguments, refuse_unknown_keywords
+from sbi_plugins.keywords import (
+    check_counts,
+    check_target_accept,
+    refuse_swapped_arguments,
+    refuse_unknown_keywords,
+)
 from sbi_plugins.likelihoods.distribution import Likelihood, check_observations
 from sbi_plugins.likelihoods.lapse import Lapse, make_lapse, share_draws
 from sbi_plugins.model.model import HierarchicalModel, build_model, plan_model
@@ -65,7 +70,7 @@ from sbi_plugins.versions import package_versions
 
 def fit(
     data: pd.DataFrame | str | Path,
-    simulator: str | Simulator,
+    simulator: str | Simulator | None = None,
     *,
     group: str | None = None,
     pooling: str | Mapping[str, str] = "partial",
@@ -183,10 +188,20 @@ def fit(
     """
     refuse_unknown_keywords(fit, others)
     refuse_swapped_arguments("fit", data, simulator)
+    check_counts(draws=draws, tune=tune, chains=chains, seed=seed)
+    check_target_accept(target_accept)
+    draws, tune, chains = int(draws), int(tune), int(chains)
+    seed = None if seed is None else int(seed)
     sim = get_simulator(simulator)
     if likelihood not in ("neural", "exact"):
+        hssm = {"analytical": "exact", "approx_differentiable": "neural"}
+        hint = (
+            f" (HSSM's {likelihood!r} is {hssm[likelihood]!r})"
+            if likelihood in hssm
+            else ""
+        )
         raise SbiPluginsError(
-            f"likelihood must be 'neural' or 'exact', got {likelihood!r}"
+            f"likelihood must be 'neural' or 'exact', got {likelihood!r}{hint}"
         )
     if min(draws, chains) < 1 or tune < 0:
         raise SbiPluginsError("draws and chains must be at least 1, tune at least 0")
@@ -199,7 +214,7 @@ def fit(
     check_log_likelihood_draws(log_likelihood_draws)
     refinement_plan(refine, 0, None)  # a bad request is refused before any work
     prior_draws = prior_predictive_draws(prior_predictive)
-    frame = data if isinstance(data, pd.DataFrame) else read_table(data)
+    frame = as_table(data)
     prepared = prepare_data(frame, sim, group, deadline)
     lapse = make_lapse(p_outlier, sim, prepared.x)
     if mass_matrix not in MASS_MATRICES:

@@ -436,3 +436,53 @@ def test_fit_streams_a_large_predictive_and_thins_the_log_likelihood(
     assert_user_error(
         capsys, [*bad, "--log-likelihood-draws", "0"], r"log_likelihood_draws must"
     )
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--target-accept", "95"], r"target_accept must lie between 0 and 1.*0\.95\?"),
+        (["--likelihood", "analytical"], r"HSSM's 'analytical' is 'exact'"),
+        (["--pooling", "hierarchical"], r"'hierarchical' is 'partial' here"),
+        (["--pooling", "lam:partial"], r"write name=mode pairs such as v=partial"),
+        (["--pooling", "partal"], r"did you mean 'partial'\?"),
+    ],
+)
+def test_a_tired_scientists_option_is_refused_with_what_to_write(
+    capsys, tmp_path, csv, flags, said
+):
+    """Each refused in one line before any work, the output not written."""
+    out = tmp_path / "f.nc"
+    argv = ["fit", "cookie", csv, "--group", "location", "--out", out, *flags]
+    assert_user_error(capsys, argv, said)
+    assert not out.exists()
+
+
+def test_the_data_given_before_the_simulator_is_named(capsys, tmp_path, csv):
+    assert_user_error(
+        capsys,
+        ["fit", csv, "cookie", "--out", tmp_path / "f.nc"],
+        r"unknown simulator .*cookies\.csv' \(a file: the data\? The simulator comes "
+        r"first on the command line",
+    )
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "said"),
+    [
+        ("chips", ["many", "few"], r"found 'many', 'few'; 'chips' takes numbers"),
+        ("chips", ["2,5", "3,0"], r"found '2,5', '3,0': decimal commas\?"),
+    ],
+)
+def test_non_numeric_values_are_shown_with_the_likely_fix(
+    capsys, tmp_path, cookie_data, column, values, said
+):
+    frame = cookie_data.head(10).astype({column: object})
+    frame.loc[frame.index[:2], column] = values
+    path = tmp_path / "bad.csv"
+    frame.to_csv(path, index=False)
+    assert_user_error(
+        capsys,
+        ["fit", "cookie", path, "--group", "location", "--out", tmp_path / "f.nc"],
+        r"column .chips. has non-numeric values at rows 0, 1: " + said,
+    )

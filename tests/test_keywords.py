@@ -83,3 +83,38 @@ def test_the_simulator_given_first_names_the_call_to_make():
         sbi_plugins.fit("angle", ONE_TRIAL)
     assert isinstance(caught.value, SbiPluginsError)
     assert "fit(trials, 'angle')" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"draws": "500"}, "draws must be a whole number, got '500' (str)"),
+        ({"chains": 2.5}, "chains must be a whole number, got 2.5 (float)"),
+        ({"seed": "abc"}, "seed must be a whole number, got 'abc' (str)"),
+        ({"target_accept": 95}, "target_accept must lie between 0 and 1"),
+        ({"model": "ddm"}, "the simulator is the second argument"),
+    ],
+)
+def test_options_of_the_wrong_type_are_refused_before_any_work(options, said):
+    """Before this they failed deep in the sampler ('<' between int and str) or,
+    for target_accept=95, sampled with a target no step size can meet."""
+    arguments = (ONE_TRIAL,) if "model" in options else (ONE_TRIAL, "ddm")
+    with pytest.raises(TypeError) as caught:
+        sbi_plugins.fit(*arguments, **options)
+    assert isinstance(caught.value, SbiPluginsError)
+    assert said in str(caught.value)
+
+
+def test_data_that_is_not_a_table_and_a_group_in_the_index_are_named():
+    with pytest.raises(SbiPluginsError, match=r"got ndarray: wrap an array as pd\."):
+        sbi_plugins.fit(ONE_TRIAL.to_numpy(), "ddm", pooling="complete")
+    indexed = ONE_TRIAL.assign(participant_id=["s1"]).set_index("participant_id")
+    with pytest.raises(SbiPluginsError, match=r"the table's index.*df\.reset_index"):
+        sbi_plugins.fit(indexed, "ddm", group="participant_id")
+
+
+def test_hssms_include_entries_given_as_formulas_are_rewritten():
+    include = [{"name": "v", "formula": "v ~ 1 + (1|participant_id)"}]
+    with pytest.raises(SbiPluginsError) as caught:
+        sbi_plugins.fit(ONE_TRIAL, "ddm", formulas=include)
+    assert "formulas={'v': 'v ~ 1 + (1|participant_id)'}" in str(caught.value)

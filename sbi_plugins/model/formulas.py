@@ -309,8 +309,14 @@ def normalize_formulas(
     )
     out: dict[str, str] = {}
     for key, text in items:
+        if isinstance(text, Mapping) and "formula" in text:  # HSSM's include entry
+            raise FormulaError(
+                "formulas are strings keyed by parameter, not HSSM's include "
+                f"entries: formulas={{{text.get('name')!r}: {text['formula']!r}}}"
+            )
         if not isinstance(text, str):
-            raise FormulaError(f"formula for {key!r} must be a string, got {text!r}")
+            what = f"formula for {key!r}" if key is not None else "each formula"
+            raise FormulaError(f"{what} must be a string, got {text!r}")
         if key is not None and "~" not in text:
             text = f"{key} ~ {text}"
         name, rhs = split_formula(text, simulator)

@@ -22,6 +22,7 @@ value is sampled through the interval's sigmoid transform.
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -333,6 +334,7 @@ def normalize_pooling(
             which = "" if isinstance(pooling, str) else f" for {name!r}"
             raise SbiPluginsError(
                 f"pooling {mode!r}{which} is not one of {', '.join(POOLING_MODES)}"
+                f"{pooling_hint(str(mode))}"
             )
     grouped = [n for n, m in spec.items() if m != "complete"]
     if not has_groups and grouped:
@@ -396,3 +398,25 @@ def plan_parameters(
         for p in simulator.parameters
         if p.name in pooling
     ]
+
+
+POOLING_WORDS = {
+    "hierarchical": "partial",
+    "pooled": "complete",
+    "unpooled": "none",
+    "separate": "none",
+    "common": "complete",
+}
+"""What the modes are called elsewhere (HSSM's hierarchical=True, the pooled and
+unpooled models of the partial-pooling literature)."""
+
+
+def pooling_hint(mode: str) -> str:
+    """The mode meant: another name for one, per-parameter modes written with ':'
+    instead of '=', or a typo."""
+    if mode.strip().lower() in POOLING_WORDS:
+        return f": {mode.strip()!r} is {POOLING_WORDS[mode.strip().lower()]!r} here"
+    if ":" in mode:
+        return "; per parameter, write name=mode pairs such as v=partial,a=complete"
+    close = difflib.get_close_matches(mode.strip().lower(), POOLING_MODES, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""

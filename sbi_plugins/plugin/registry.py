@@ -408,6 +408,12 @@ class Registry:
             known = ", ".join(sorted(catalog.simulators)) or "none"
             close = closest_name(name, catalog.simulators, cutoff=0.75)
             hint = f" (did you mean {close!r}?)" if close else ""
+            if isinstance(name, str) and os.path.isfile(name):
+                hint = (
+                    " (a file: the data? The simulator comes first on the command "
+                    "line, `sbi-plugins fit ddm data.csv`, and second in Python, "
+                    "`fit(data, 'ddm')`)"
+                )
             raise PluginError(
                 f"unknown simulator {name!r}{hint}; installed simulators: {known}. "
                 "`sbi-plugins list` shows plugins and loading failures"
