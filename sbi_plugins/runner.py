@@ -262,7 +262,9 @@ def fit(
     conditions = condition_columns(frame, sim, group)
     if progress:
         tqdm.write(
-            fit_plan(sim, conditions, prepared, parameters, settings, method, deadline),
+            fit_plan(
+                sim, conditions, prepared, parameters, settings, method, deadline, lapse
+            ),
             file=sys.stderr,
         )
 
@@ -387,9 +389,10 @@ def fit_plan(
     settings: Settings,
     method: str,
     deadline: float | str | None = None,
+    lapse: Lapse | None = None,
 ) -> str:
     """One line said before a fit, as PyMC's "Sampling 4 chains for 1_000 tune and
-    1_000 draw iterations": the data, each parameter's mode, the sampler's
+    1_000 draw iterations": the data, each parameter's mode, lapses, the sampler's
     design, and the data's columns no parameter uses (a condition left out)."""
     by_mode: dict[str, list[str]] = {}
     for p in parameters:
@@ -412,7 +415,10 @@ def fit_plan(
         if method == "nuts"
         else f"method {method!r}"
     )
-    line = f"{simulator.name}: {len(prepared.x):,} rows{groups}; {said}; {sampler}"
+    lapses = f"; lapses, {lapse.describe_share()}" if lapse is not None else ""
+    line = (
+        f"{simulator.name}: {len(prepared.x):,} rows{groups}; {said}{lapses}; {sampler}"
+    )
     formulas = " ".join(getattr(p, "formula", "") for p in parameters)
     unused = [
         name

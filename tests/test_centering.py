@@ -102,13 +102,22 @@ def test_a_fit_records_the_form_it_sampled():
 @pytest.mark.parametrize(
     ("model", "centered"), [("ddm_sdv", True), ("race_no_bias_3", False)]
 )
-def test_the_measured_cases_either_side_of_the_threshold(model, centered):
+def test_the_measured_cases_either_side_of_the_threshold(model, centered, monkeypatch):
     """The two ssm models that fixed the threshold, on the benchmark's data
     (`benchmarks/ssm_fits.py`, 10 x 100, `v` and `a` by subject): `ddm_sdv`'s `v`
     (curvature 47.9) was 5.6 times faster centered, `race_no_bias_3`'s `a` (32.2)
-    mixed worse centered (docs/ssm.md)."""
+    mixed worse centered (docs/ssm.md). The data as they were measured: each trial
+    simulated as its own sample, as the plugin did then (it now simulates a
+    subject's trials as one vector's samples: the same distribution, other draws)."""
     from sbi_plugins_ssm import TYPICAL
     from sbi_plugins_ssm import simulate_dataset as simulate_ssm
+    from sbi_plugins_ssm.simulator import SSMSimulate
+
+    monkeypatch.setattr(
+        SSMSimulate,
+        "_simulate",
+        lambda self, theta, seed: self._call(theta, 1, seed)[0],
+    )
 
     from sbi_plugins.estimators.resolve import resolve_estimator
 

@@ -565,3 +565,5 @@ def test_a_fit_says_its_plan_and_the_columns_it_leaves_out(small_data, capsys):
     assert said.endswith("not in the model: column 'oven'")
     sbi_plugins.fit(data, "cookie", progress=False, **options)
     assert "not in the model" not in capsys.readouterr().err
+    sbi_plugins.fit(data, "cookie", p_outlier=0.05, **options)  # said, not guessed
+    assert "; lapses, p_outlier = 0.05; NUTS" in capsys.readouterr().err

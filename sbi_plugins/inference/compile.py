@@ -23,7 +23,7 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 from torch import Tensor
 
-from sbi_plugins.inference.flat import FlatLayout
+from sbi_plugins.inference.flat import FLAT, FlatLayout
 from sbi_plugins.model.potential import Potential
 
 if TYPE_CHECKING:
@@ -170,7 +170,10 @@ def compiled_potential(
     try:
         torch.set_num_threads(1)  # as the chains will run it
         with torch._inductor.config.patch(compile_threads=1):
-            potential_grad(potential_fn, {k: v.detach() for k, v in init.items()})
+            # compiled at a leaf vector, as NUTS calls it (a graph traced at a
+            # non-leaf input warns about reading its .grad)
+            start = {FLAT: layout.flatten(init).detach()}
+            potential_grad(lambda p: potential_fn.flat(p[FLAT]), start)
             problem = disagreement(potential_fn, reference, points)
     except Exception as exc:  # no compiler, or an operation it cannot take
         first = str(exc).splitlines()[0] if str(exc) else ""

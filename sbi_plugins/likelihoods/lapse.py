@@ -108,13 +108,15 @@ class Lapse:
         """Where a sampled `p_outlier` starts: its prior's mean."""
         return torch.as_tensor(self.prior.mean, dtype=torch.float64)
 
-    def describe(self) -> str:
-        share = (
+    def describe_share(self) -> str:
+        return (
             f"p_outlier = {self.fixed:g}"
             if self.prior is None
             else f"p_outlier ~ {_describe_prior(self.prior)}"
         )
-        return f"{share}; lapse rows: {self.distribution.describe()}"
+
+    def describe(self) -> str:
+        return f"{self.describe_share()}; lapse rows: {self.distribution.describe()}"
 
 
 def _describe_prior(prior: Distribution) -> str:
