@@ -5,31 +5,23 @@
 
 What a posterior predictive batch asks of a simulator: `--draws` draws of
 `--subjects` subjects, each subject's `--trials` rows at its own parameters. Timed
-two ways in one process, best of `--repeats`: one ssm-simulators call with one
-sample per row (the baseline: what the plugin did before, and still does for rows
-that never repeat, as in training), and the plugin's simulator, which simulates
-each distinct parameter vector's rows as its `n_samples`.
+two ways in one process, best of `--repeats` after a warm-up run: one
+ssm-simulators call with one sample per row (the baseline: what the plugin did
+before, and still does for rows that never repeat, as in training), and the
+plugin's simulator, which simulates each distinct parameter vector's rows as its
+`n_samples`.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
-import time
 import warnings
 from functools import partial
 
 import numpy as np
 from sbi_plugins_ssm import SHIPPED, TYPICAL, ssm_simulator
-
-
-def best(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    return min(times)
+from simulation_throughput import best_seconds
 
 
 def one_sample_per_row(simulate, theta: np.ndarray) -> np.ndarray:
@@ -79,8 +71,12 @@ def main() -> None:
             highs,
         )
         theta = np.repeat(vectors, args.trials, axis=0)
-        per_row = best(partial(one_sample_per_row, simulate, theta), args.repeats)
-        grouped = best(partial(simulate, theta, np.random.default_rng(1)), args.repeats)
+        per_row = best_seconds(
+            partial(one_sample_per_row, simulate, theta), args.repeats
+        )
+        grouped = best_seconds(
+            partial(simulate, theta, np.random.default_rng(1)), args.repeats
+        )
         print(
             f"{name:>16}: one sample per row {per_row:6.2f} s, grouped "
             f"{grouped:6.2f} s, {per_row / grouped:5.1f} times faster "

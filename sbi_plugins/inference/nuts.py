@@ -205,6 +205,7 @@ def traced_on_first_call(
         nonlocal graph
         if graph is None:
             with pyro.validation_enabled(False), warnings.catch_warnings():
+                # as Pyro's ignore_jit_warnings; torch also flags jit.trace deprecated
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.filterwarnings("ignore", message=".*jit.trace.*deprecated")
                 graph = torch.jit.trace(potential, flat, check_trace=False)
@@ -290,7 +291,6 @@ def _sample_chain(
         jit_compile=False,  # traced as one vector instead (`trace`)
         trace=job.jit and job.potential is None,
         potential=job.potential,
-        ignore_jit_warnings=True,
         full_mass=job.dense_mass,
         inverse_mass=job.inverse_mass,
         **(
@@ -314,11 +314,7 @@ def _sample_chain(
         disable_progbar=True,
         hook_fn=hook,
     )
-    with warnings.catch_warnings():
-        # Pyro's jit_compile uses torch.jit.trace, which torch now flags as deprecated
-        warnings.filterwarnings("ignore", message=".*torch.jit.trace.*deprecated")
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        mcmc.run(**job.model_kwargs)
+    mcmc.run(**job.model_kwargs)
     draws = kernel.constrained(mcmc.get_samples()[FLAT])
     samples = {k: v.detach().cpu().numpy() for k, v in draws.items()}
     records = kernel.records[job.tune :]
