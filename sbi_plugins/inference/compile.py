@@ -80,13 +80,36 @@ def pyro_potential(
     return init, potential_fn, transforms
 
 
+ValueAndGradient = Callable[[Tensor], tuple[Tensor, Tensor]]
+"""`flat -> (gradient, value)`, as `torch.func.grad_and_value` returns them."""
+
+
+class _WithGradient(torch.autograd.Function):
+    """The potential's value as an autograd node whose backward is the gradient
+    computed with it, in the same compiled call: autograd then has one node to
+    run, not the compiled backward graph and its saved activations (a quarter
+    of a leapfrog step's time on `weibull`, benchmarks/gradient_cost.py)."""
+
+    @staticmethod
+    def forward(ctx: Any, flat: Tensor, value_and_gradient: ValueAndGradient) -> Tensor:
+        gradient, value = value_and_gradient(flat.detach())
+        ctx.save_for_backward(gradient)
+        return value
+
+    @staticmethod
+    def backward(ctx: Any, upstream: Tensor) -> tuple[Tensor, None]:
+        (gradient,) = ctx.saved_tensors
+        return upstream * gradient, None
+
+
 class CompiledPotential:
     """The compiled potential, of the model's sites (`potential(params)`) or of
     their flat vector (`potential.flat(vector)`, what NUTS calls: see
-    `sbi_plugins.inference.flat`)."""
+    `sbi_plugins.inference.flat`). `compiled` gives the value and its gradient
+    in one call."""
 
     def __init__(
-        self, eager: Potential, layout: FlatLayout, compiled: Callable[[Tensor], Tensor]
+        self, eager: Potential, layout: FlatLayout, compiled: ValueAndGradient
     ) -> None:
         self.eager, self.layout, self._compiled = eager, layout, compiled
 
@@ -96,7 +119,7 @@ class CompiledPotential:
         # distributions built inside (the population's) skip validation too, so
         # the compiled graph is the same whatever the global setting is
         with pyro.validation_enabled(False):
-            return self._compiled(flat)
+            return _WithGradient.apply(flat, self._compiled)
 
     def __call__(self, params: Mapping[str, Tensor]) -> Tensor:
         if not all(v.requires_grad for v in params.values()):
@@ -159,9 +182,11 @@ def compiled_potential(
     def of_flat(flat: Tensor) -> Tensor:
         return potential(layout.unflatten(flat))
 
-    potential_fn = CompiledPotential(
-        potential, layout, torch.compile(_fresh(of_flat), fullgraph=True, dynamic=False)
-    )
+    def value_and_gradient(flat: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.func.grad_and_value(of_flat)(flat)
+
+    compiled = torch.compile(_fresh(value_and_gradient), fullgraph=True, dynamic=False)
+    potential_fn = CompiledPotential(potential, layout, compiled)
     points = [
         {k: transforms[k](v) for k, v in start.items() if k in transforms}
         for start in starts
@@ -170,8 +195,6 @@ def compiled_potential(
     try:
         torch.set_num_threads(1)  # as the chains will run it
         with torch._inductor.config.patch(compile_threads=1):
-            # compiled at a leaf vector, as NUTS calls it (a graph traced at a
-            # non-leaf input warns about reading its .grad)
             start = {FLAT: layout.flatten(init).detach()}
             potential_grad(lambda p: potential_fn.flat(p[FLAT]), start)
             problem = disagreement(potential_fn, reference, points)

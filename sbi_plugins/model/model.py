@@ -138,6 +138,8 @@ class HierarchicalModel:
         self.omissions = omissions
         """Rows without a response by their deadline, scored as such (None: none)."""
         self.cells = cells
+        self.cell_count = cells.count
+        """A plain int: the compiled potential's trace must not read the numpy rows."""
         self.num_groups = num_groups
         self.group_dim = group_dim
         self.lapse = lapse
@@ -230,7 +232,7 @@ class HierarchicalModel:
         draws, as in `cell_parameter_draws`)."""
         return torch.stack(
             [
-                p.cell_values(values, self.cell_group, self.cells.count)
+                p.cell_values(values, self.cell_group, self.cell_count)
                 for p in self.parameters
             ],
             dim=-1,
