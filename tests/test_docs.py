@@ -8,7 +8,7 @@ import sbi_plugins
 from tests.conftest import REPO
 
 DOCS = sorted((REPO / "docs").glob("*.md"))
-QUICK = {"draws": 100, "tune": 100, "chains": 2, "progress": False}
+QUICK = {"draws": 50, "tune": 50, "chains": 2, "progress": False}
 
 
 def python_blocks(path):

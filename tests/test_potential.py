@@ -159,6 +159,11 @@ def test_compiled_potential_equals_the_uncompiled_one(kind):
         for site in expected_grads:
             gap = float((grads[site] - expected_grads[site]).abs().max())
             assert gap <= 1e-5 * largest, (site, gap, largest)
+    # the gradient reaches autograd as one node: it must scale with what flows
+    # into it, as VI's factor (-potential) sends -1
+    flat = compiled.layout.flatten(point).detach().requires_grad_(True)
+    (scaled,) = torch.autograd.grad(-2.5 * compiled.flat(flat), flat)
+    assert torch.allclose(scaled, -2.5 * compiled.layout.flatten(grads))
 
 
 def test_a_failing_compiler_leaves_the_fit_as_without_it(monkeypatch, cookie_data):

@@ -281,6 +281,7 @@ def test_refinement_closes_the_gap_that_data_size_opens_and_its_shift_says_so():
         seed=2025,
         progress=False,
         posterior_predictive=False,
+        compile=True,  # as a default fit of 4 x (1000 + 1000) is: 3,000 rows pay
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

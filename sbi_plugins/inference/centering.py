@@ -14,7 +14,7 @@ populations diverge (docs/ddm.md).
 So `noncentered="auto"` (`--auto-centering`) asks the posterior's mode. The curvature of
 a group's offset there is 1 from its prior plus (sigma / s)^2 from its data, where
 s is the sd the group's data alone leave its value. Where every population's
-median curvature exceeds `DATA_DOMINATES` (the spread is more than 6 times what
+median curvature exceeds `DATA_DOMINATES` (the spread is about 5 times what
 each group's data leave uncertain), the funnel is far from the posterior's mass
 and all populations are sampled centered (Betancourt and Girolami 2015's rule,
 with a margin); otherwise all stay non-centered. All or none: a mix (on the DDM
@@ -31,14 +31,16 @@ from typing import Any
 from sbi_plugins.inference.laplace import offset_precision
 from sbi_plugins.model.pooling import ParameterPlan
 
-DATA_DOMINATES = 40.0
-"""The median curvature of a population's offsets at the mode above which it
-counts as pinned down by the data: sigma / s above 6.2. Chosen between where the
-centered form was measured worse and better, on 10 x 100 (2 cores): worse for the
-`z` and `t` of the DDM with every parameter by subject (22 and 11: it diverges)
-and the `a` of `race_no_bias_3` (32.2: min ESS 23 against 184); better for the
-`v` of `ddm_sdv` (47.9: 5.6 times the min ESS per second) and of `angle` (52.9:
-4 times)."""
+DATA_DOMINATES = 25.0
+"""The smallest curvature of the populations' offsets at the mode above which
+all count as pinned down by the data: sigma / s above 4.9. Measured on 10 x 100
+(2 cores; the ssm cases with the mass matrix "auto" gives each form, dense
+centered and diagonal non-centered): centered was worse for the DDM with every
+parameter by subject (smallest curvature 10.9, `t`; 22.5 for `z`: it diverges),
+and better for the
+`v` of `ddm_sdv` (31.4: 5.9 times the min ESS per second; 47.9 on other data:
+5.6), the `a` of `race_no_bias_3` (32.2: 1.6 times) and the `v` of `angle`
+(52.9: 4 times). Nothing was measured between 10.9 and 31.4."""
 
 
 def choose_centering(
