@@ -15,9 +15,11 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro.ops.welford import WelfordCovariance
 
 from sbi_plugins.inference import nuts
 from sbi_plugins.inference.flat import FLAT, FlatLayout
+from sbi_plugins.inference.mass import DRAWS_PER_DIMENSION, WindowCovariance
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -258,3 +260,32 @@ def test_a_preset_inverse_mass_reaches_the_flat_vectors_adapter():
     (inverse_mass,) = kernel.mass_matrix_adapter.inverse_mass_matrix.values()
     # sites in name order: loc, scale, weight
     assert torch.allclose(inverse_mass.float(), torch.tensor([1.0, 2.0, 3.0, 0.3, 0.7]))
+
+
+def test_a_dense_window_too_short_for_its_dimensions_estimates_only_variances():
+    """Stan's first windows (25, 50 draws) cannot estimate a dense matrix of a few
+    dozen dimensions: below `DRAWS_PER_DIMENSION` draws per dimension the window
+    gives its variances alone; above, the full (regularised) covariance, as Pyro's."""
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.4, 0.0], [0.5, 0.5, 0.7]])
+    draws = torch.randn(200, 3, generator=generator, dtype=torch.float64)
+    draws = draws @ mixing.double().T
+    for count in (DRAWS_PER_DIMENSION * 3 - 1, 200):
+        window, pyros = WindowCovariance(), WelfordCovariance(diagonal=False)
+        for draw in draws[:count]:
+            window.update(draw)
+            pyros.update(draw)
+        expected = pyros.get_covariance(regularize=True)
+        got = window.get_covariance(regularize=True)
+        if count < DRAWS_PER_DIMENSION * 3:
+            assert torch.allclose(got, torch.diag(torch.diagonal(expected)))
+            assert expected[1, 0] > 0.3  # what the short window leaves out
+        else:
+            assert torch.allclose(got, expected)
+
+
+def test_nuts_with_a_dense_matrix_adapts_it_window_by_window():
+    kernel = nuts.RecordingNUTS(_three_site_model, full_mass=True)
+    kernel.setup(warmup_steps=100)
+    schemes = list(kernel.mass_matrix_adapter._adapt_scheme.values())
+    assert schemes and all(isinstance(s, WindowCovariance) for s in schemes)

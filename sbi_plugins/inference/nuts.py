@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from sbi_plugins.inference.flat import FLAT, FlatLayout, vector_potential
 from sbi_plugins.inference.laplace import PresetMassMatrix
+from sbi_plugins.inference.mass import estimate_short_windows_diagonally
 from sbi_plugins.parallel import WorkerDied, exit_cause, forked_map, local_workers
 
 PROGRESS_EVERY = 25
@@ -161,6 +162,7 @@ class RecordingNUTS(NUTS):
         from sbi_plugins.inference.laplace import MAX_DIM
 
         super().setup(warmup_steps, *args, **kwargs)
+        estimate_short_windows_diagonally(self.mass_matrix_adapter)
         dims = sum(v.numel() for v in self.initial_params.values())
         schedule = self._adapter.adaptation_schedule
         large = dims > MAX_DIM and self._adapter.adapt_mass_matrix
