@@ -37,10 +37,9 @@ all count as pinned down by the data: sigma / s above 4.9. Measured on 10 x 100
 (2 cores; the ssm cases with the mass matrix "auto" gives each form, dense
 centered and diagonal non-centered): centered was worse for the DDM with every
 parameter by subject (smallest curvature 10.9, `t`; 22.5 for `z`: it diverges),
-and better for the
-`v` of `ddm_sdv` (31.4: 5.9 times the min ESS per second; 47.9 on other data:
-5.6), the `a` of `race_no_bias_3` (32.2: 1.6 times) and the `v` of `angle`
-(52.9: 4 times). Nothing was measured between 10.9 and 31.4."""
+and better for the `v` of `ddm_sdv` (31.4: 5.9 times the min ESS per second;
+47.9 on other data: 5.6), the `a` of `race_no_bias_3` (32.2: 1.6 times) and the
+`v` of `angle` (52.9: 4 times). Nothing was measured between 10.9 and 31.4."""
 
 
 def choose_centering(

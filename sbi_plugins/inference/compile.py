@@ -87,8 +87,9 @@ ValueAndGradient = Callable[[Tensor], tuple[Tensor, Tensor]]
 class _WithGradient(torch.autograd.Function):
     """The potential's value as an autograd node whose backward is the gradient
     computed with it, in the same compiled call: autograd then has one node to
-    run, not the compiled backward graph and its saved activations (a quarter
-    of a leapfrog step's time on `weibull`, benchmarks/gradient_cost.py)."""
+    run, not the compiled backward graph and its saved activations (a fifth of
+    a gradient's time on the DDM, over a quarter on the 36,000-row study:
+    benchmarks/gradient_cost.py, docs/performance.md)."""
 
     @staticmethod
     def forward(ctx: Any, flat: Tensor, value_and_gradient: ValueAndGradient) -> Tensor:
