@@ -41,12 +41,13 @@ def test_groups_with_much_data_are_centered_and_with_little_are_not():
     assert list(forms) == ["v"] and forms["v"].startswith("centered (offset curv")
 
 
-def test_all_populations_are_centered_or_none():
-    """A mix was slower than either form: one population the data do not pin
-    down keeps every population non-centered."""
+def test_each_population_gets_its_own_form():
+    """Where the data pin one population down and not another, the first is
+    centered and the second keeps its offsets."""
     plans, curvature = _choose(100, pooling=POOLING | {"z": "partial"})
     assert curvature["v"] > DATA_DOMINATES > curvature["z"]
-    assert all(p.noncentered for p in plans if p.name in ("v", "z"))
+    form = {p.name: p.noncentered for p in plans if p.name in curvature}
+    assert form == {"v": False, "z": True}
 
 
 def test_nothing_to_choose_without_a_non_centered_population():
@@ -146,10 +147,12 @@ def test_the_measured_cases_above_the_threshold_are_centered(model, monkeypatch)
     assert partial and all(p.noncentered is not centered for p in partial)
 
 
-def test_the_measured_case_below_the_threshold_stays_noncentered():
+def test_the_measured_ddm_case_centers_v_and_a_only():
     """The DDM with every parameter by subject on docs/ddm.md's data (10 x 100):
     centered, its `z` and `t` populations diverge; their offsets' curvatures
-    (22.5 and 10.9 at the mode) sit below the threshold."""
+    (22.5 and 10.9 at the mode) sit below the threshold, and `v`'s and `a`'s
+    (91 and 134) above it. With `v` and `a` centered and `z` and `t` not, NUTS
+    took 29.4 leapfrog steps per draw against 51.9 all non-centered (docs/ddm.md)."""
     sim = sbi_plugins.get_simulator("ddm")
     trials, _ = simulate_dataset(10, 100, seed=0)
     data = prepare_data(trials, sim, "participant_id")
@@ -158,5 +161,7 @@ def test_the_measured_case_below_the_threshold_stays_noncentered():
     chosen, curvature = choose_centering(
         plans, lambda p: build_model(p, data, lik, None)
     )
-    assert min(curvature[n] for n in ("z", "t")) < DATA_DOMINATES
-    assert all(p.noncentered for p in chosen if p.name in curvature)
+    assert max(curvature[n] for n in ("z", "t")) < DATA_DOMINATES
+    assert min(curvature[n] for n in ("v", "a")) > DATA_DOMINATES
+    form = {p.name: p.noncentered for p in chosen}
+    assert form == {"v": False, "a": False, "z": True, "t": True}

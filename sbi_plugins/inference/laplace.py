@@ -49,23 +49,33 @@ class PresetMassMatrix(BlockMassMatrix):
             self.inverse_mass_matrix = preset
 
 
+Carry = tuple[Callable[..., None], Callable[[dict], dict]]
+"""Where a model's own mode is no use: (the same posterior in coordinates that
+have one, the map from its constrained values to the model's)."""
+
+
 def laplace_start(
     model: Callable[..., None],
     model_kwargs: dict[str, Any],
     chains: int,
     seed: int,
     init: dict[str, torch.Tensor] | None = None,
+    through: Carry | None = None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None:
     """Per-chain initial values (the mode, jittered by half a posterior sd) in the
     constrained space, and the inverse mass per site. The search for the mode
     starts at `init` (constrained values; see `sbi_plugins.model.support`), or
-    where Pyro's default start puts it. None, with a warning that says why, where
+    where Pyro's default start puts it. `through` finds the mode in other
+    coordinates (a centered population's non-centered form: the centered joint
+    mode lies at sigma -> 0) and carries it over, with the Laplace covariance
+    mapped by the map's Jacobian (the delta method); `init` is then in those
+    coordinates. None, with a warning that says why, where
     there is no usable mode: NUTS then starts from `init` with a unit mass matrix
     (the same posterior, a longer first adaptation window). The user's global
     random state is left as it was."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        found = _laplace(model, model_kwargs, chains, seed, init)
+        found = _laplace(model, model_kwargs, chains, seed, init, through)
     if isinstance(found, str):
         warnings.warn(
             f"no Laplace start ({found}); NUTS starts from the values built from the "
@@ -104,37 +114,93 @@ def _laplace(
     chains: int,
     seed: int,
     init: dict[str, torch.Tensor] | None,
+    through: Carry | None,
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | str:
     """The Laplace start, or why there is none."""
-    found = _mode_and_hessian(model, model_kwargs, init)
+    search = model if through is None else through[0]
+    found = _mode_and_hessian(search, model_kwargs, init)
     if isinstance(found, str):
         return found
     layout, transforms, potential, mode, hessian = found
-    d = mode.numel()
-    try:
-        variance = torch.diag(torch.cholesky_inverse(torch.linalg.cholesky(hessian)))
-    except RuntimeError:  # not positive definite at the mode: curvature per axis
-        variance = 1 / torch.diag(hessian).clamp_min(1e-2)
-    per_axis = 1 / torch.diag(hessian).clamp_min(1e-2)
-    variance = torch.where(
-        torch.isfinite(variance) & (variance > 0), variance, per_axis
-    )
-    variance = variance.nan_to_num(1.0).clamp(1e-10, 4.0)
-    inverse_mass = layout.unflatten(variance)
-
-    starts = []
+    variance, covariance = _laplace_covariance(hessian)
+    points = []
     generator = torch.Generator().manual_seed(seed)
     for _ in range(chains):
         for scale in (0.5, 0.1, 0.0):
-            jitter = torch.randn(d, generator=generator, dtype=torch.float64)
+            jitter = torch.randn(mode.numel(), generator=generator, dtype=torch.float64)
             z = mode + scale * variance.sqrt() * jitter
             if torch.isfinite(potential(z)):
                 break
         else:
             z = mode
-        values = layout.unflatten(z)
-        starts.append({n: transforms[n].inv(v).detach() for n, v in values.items()})
-    return starts, inverse_mass
+        points.append(z)
+
+    def constrained(flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {n: transforms[n].inv(v) for n, v in layout.unflatten(flat).items()}
+
+    if through is None:
+        starts = [{n: v.detach() for n, v in constrained(z).items()} for z in points]
+        return starts, layout.unflatten(variance)
+    return _carried(
+        model, model_kwargs, through[1], constrained, mode, covariance, points
+    )
+
+
+def _laplace_covariance(hessian: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Laplace approximation's marginal variances (clamped to what a start and
+    a first mass matrix can use) and its covariance: the Hessian's inverse, or
+    per axis where it is not positive definite at the mode."""
+    per_axis = 1 / torch.diag(hessian).clamp_min(1e-2)
+    try:
+        covariance = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
+    except RuntimeError:  # not positive definite at the mode: curvature per axis
+        covariance = torch.diag(per_axis)
+    variance = torch.diag(covariance)
+    usable = torch.isfinite(variance) & (variance > 0)
+    variance = torch.where(usable, variance, per_axis)
+    variance = variance.nan_to_num(1.0).clamp(1e-10, 4.0)
+    if not (usable.all() and torch.isfinite(covariance).all()):
+        covariance = torch.diag(variance)
+    return variance, covariance
+
+
+def _carried(
+    model: Callable[..., None],
+    model_kwargs: dict[str, Any],
+    to_model: Callable[[dict], dict],
+    constrained: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+    mode: torch.Tensor,
+    covariance: torch.Tensor,
+    points: list[torch.Tensor],
+) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | str:
+    """The starts and inverse mass in `model`'s sites, from the search's mode,
+    covariance and jittered starts (unconstrained), by the delta method."""
+    at_mode = to_model(constrained(mode))
+    try:
+        _, _, transforms, _ = initialize_model(
+            model,
+            model_kwargs=model_kwargs,
+            init_strategy=init_to_value(
+                values={k: v.detach() for k, v in at_mode.items()}
+            ),
+        )
+    except (RuntimeError, ValueError) as exc:
+        return f"Pyro could not set the model up: {str(exc).splitlines()[0]}"
+    layout = FlatLayout.of({n: at_mode[n] for n in transforms})
+
+    def unconstrained(flat: torch.Tensor) -> torch.Tensor:
+        values = to_model(constrained(flat))
+        return layout.flatten({n: transforms[n](values[n]) for n in layout.names})
+
+    jacobian = torch.autograd.functional.jacobian(unconstrained, mode)
+    variance = torch.einsum("ij,jk,ik->i", jacobian, covariance, jacobian)
+    if not torch.isfinite(variance).all():
+        return "the mode's scales do not carry over to the centered populations"
+    starts = []
+    for z in points:
+        values = to_model(constrained(z))
+        starts.append({n: values[n].detach() for n in layout.names})
+    return starts, layout.unflatten(variance.clamp(1e-10, 4.0))
 
 
 def _mode_and_hessian(

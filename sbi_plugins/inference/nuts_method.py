@@ -42,17 +42,23 @@ class Nuts:
         problem = start_problem(model, kwargs, data)
         starts = chain_starts(model, kwargs, start, s.chains, s.seed, problem)
         inverse_mass = None
-        preset = wants_laplace_start(model)
+        search = laplace_search(model)
+        preset = search is not None
         dense = dense_pays(
             s.mass_matrix,
             dims=sum(v.numel() for v in start.values()),
             tune=s.tune,
             preset_start=preset,
         )
-        if preset:
+        mode = None
+        if search is model:
             mode = laplace_start(model, kwargs, s.chains, s.seed, init=start)
-            if mode is not None:
-                starts, inverse_mass = mode
+        elif search is not None:  # the mode without the centered populations
+            through = (search, search.with_derived)
+            init = search.start()
+            mode = laplace_start(model, kwargs, s.chains, s.seed, init, through)
+        if mode is not None:
+            starts, inverse_mass = mode
         potential = None
         if worth_compiling(s.compile, s.chains, s.draws + s.tune, len(data.x)):
             if s.progress:
@@ -94,19 +100,29 @@ class Nuts:
         )
 
 
-def wants_laplace_start(model: HierarchicalModel) -> bool:
-    """Formula coefficients differ in scale by orders of magnitude (a pooled
+def laplace_search(model: HierarchicalModel) -> HierarchicalModel | None:
+    """Where NUTS starts at the mode with the Laplace scales
+    (`sbi_plugins.inference.laplace`), the model whose mode is searched; None
+    where it starts from the data's values with a unit mass matrix.
+
+    Formula coefficients differ in scale by orders of magnitude (a pooled
     intercept over thousands of trials vs a subject's offset), and so do a
     non-centered population's hyperparameters and offsets once each group has a
     hundred trials: with a unit mass matrix, NUTS's first adaptation window runs
     trees of hundreds of steps at a tiny step size. So such models start at their
-    mode with the Laplace scales (`sbi_plugins.inference.laplace`). Not where a
-    parameter has a centered population: its joint mode lies at sigma -> 0, and
-    the curvature there would shrink every step."""
-    plans = [p for p in model.parameters if isinstance(p, ParameterPlan)]
+    mode. A centered normal population's joint mode lies at sigma -> 0: beside
+    non-centered ones (or a formula), the mode is searched with it non-centered
+    and carried over. Models whose populations are all centered start from the
+    data's values, where "auto" adapts a dense matrix; so do those with a
+    population the offsets cannot carry (gamma)."""
+    search = model.with_normal_populations_noncentered()
+    plans = [p for p in search.parameters if isinstance(p, ParameterPlan)]
     if any(p.pooling == "partial" and not p.noncentered for p in plans):
-        return False
-    return model.has_formulas or any(p.noncentered for p in plans)
+        return None
+    original = [p for p in model.parameters if isinstance(p, ParameterPlan)]
+    if model.has_formulas or any(p.noncentered for p in original):
+        return search
+    return None
 
 
 def warn_divergences(sample_stats: dict[str, np.ndarray], target_accept: float) -> int:

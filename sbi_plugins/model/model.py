@@ -16,6 +16,8 @@ it is the prior. See `sbi_plugins.model.sites`.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -168,6 +170,23 @@ class HierarchicalModel:
     @property
     def has_formulas(self) -> bool:
         return any(isinstance(p, ParameterFormula) for p in self.parameters)
+
+    def with_normal_populations_noncentered(self) -> HierarchicalModel:
+        """The same posterior with every normal population sampled through offsets:
+        its mode is what the Laplace start needs, which a centered population's
+        (at sigma -> 0) is not. The model itself where none is centered."""
+        if not any(
+            isinstance(p, ParameterPlan) and p.centered for p in self.parameters
+        ):
+            return self
+        twin = copy.copy(self)
+        twin.parameters = [
+            dataclasses.replace(p, centered=False)
+            if isinstance(p, ParameterPlan)
+            else p
+            for p in self.parameters
+        ]
+        return twin
 
     # -- the statement -----------------------------------------------------------
 
