@@ -3,7 +3,7 @@ reference (`likelihood="exact"`), side by side on one data set per model.
 
     python benchmarks/ssm_reference.py [ddm_sdv full_ddm] [--subjects 10 --trials 100]
                                        [--draws 1000 --tune 1000 --chains 4]
-                                       [--likelihoods neural refined exact]
+                                       [--likelihoods neural refined exact reweighted]
 
 Data as in `ssm_fits.py`: `simulate_dataset` (seed 0), `v` and `a` with a
 population, the other parameters pooled completely at one true value (`t` 0.6
@@ -15,6 +15,12 @@ predictive or pointwise log-likelihood) and sampler health and the worst gap
 (target: under 0.3 sd everywhere, issue 19). `full_ddm`'s exact fit is slow: its
 quadrature costs about 5 times the neural estimator per gradient, some 6 s per
 draw on two shared cores (docs/ssm.md); start it with few draws.
+
+`reweighted` stands in for that fit: the neural fit's draws, importance-weighted
+by the reference's likelihood over the neural one's (Pareto-smoothed, Vehtari et
+al. 2024), are draws of the reference posterior as long as Pareto k stays below
+0.7. It needs one reference log-density per draw and row, no gradient and no
+sampling. Run it beside `exact` (on `ddm_sdv`) to see the two agree.
 """
 
 from __future__ import annotations
@@ -60,7 +66,7 @@ def fit(trials, model: str, pooling, likelihood: str, args) -> tuple:
         progress=False,
         refine=likelihood == "refined",
         posterior_predictive=False,  # the sampler's cost alone, for both
-        log_likelihood=False,
+        log_likelihood="reweighted" in args.likelihoods,  # its weights need them
     )
     return idata, time.perf_counter() - start
 
@@ -77,6 +83,76 @@ def agreement(exact, neural, names: list[str]) -> pd.DataFrame:
             "sd exact": e["sd"],
             "gap (sd)": (n["mean"] - e["mean"]).abs() / e["sd"],
             # the gap's own Monte Carlo error: both means' MCSE, in exact sd
+            "mcse (sd)": (n["mcse_mean"] ** 2 + e["mcse_mean"] ** 2) ** 0.5 / e["sd"],
+            "sd ratio": n["sd"] / e["sd"],
+        }
+    )
+
+
+def reweighted(
+    neural, trials, simulator, names: list[str]
+) -> tuple[pd.DataFrame, float]:
+    """The neural draws importance-weighted to the reference posterior: per scalar
+    its weighted mean, sd and Monte Carlo error (sd over the weights' effective
+    count), and the weights' Pareto k."""
+    import numpy as np
+    import torch
+
+    posterior = neural.posterior.stack(sample=("chain", "draw"))
+    groups = trials["participant_id"].to_numpy()
+    columns = []
+    for p in simulator.parameters:
+        values = posterior[p.name]
+        if "participant_id" in values.dims:
+            position = {g: i for i, g in enumerate(values["participant_id"].values)}
+            rows = np.array([position[g] for g in groups])
+            columns.append(values.transpose("sample", "participant_id").values[:, rows])
+        else:
+            columns.append(np.repeat(values.values[:, None], len(groups), axis=1))
+    theta = torch.as_tensor(np.stack(columns, -1), dtype=torch.float64)
+    x = torch.as_tensor(trials[list(simulator.observable_names)].to_numpy(float))
+    reference = torch.cat(
+        [simulator.log_likelihood(chunk, x).sum(-1) for chunk in torch.split(theta, 20)]
+    ).numpy()
+    pointwise = neural.log_likelihood.stack(sample=("chain", "draw"))
+    pointwise = pointwise[next(iter(pointwise.data_vars))].astype("float64")
+    learned = pointwise.sum([d for d in pointwise.dims if d != "sample"]).values
+    log_weights, k = az.psislw(reference - learned)
+    weights = np.exp(log_weights - log_weights.max())
+    weights /= weights.sum()
+    count = 1.0 / float((weights**2).sum())
+    rows = {}
+    for name in names:
+        values = posterior[name]
+        other = [d for d in values.dims if d != "sample"]
+        flat = values.transpose("sample", *other).values.reshape(len(weights), -1)
+        labels = (
+            [name]
+            if not other
+            else [f"{name}[{label}]" for label in values[other[0]].values]
+        )
+        mean = weights @ flat
+        sd = np.sqrt(weights @ (flat - mean) ** 2)
+        for label, m, d in zip(labels, mean, sd, strict=True):
+            rows[label] = {"mean": m, "sd": d, "mcse_mean": d / count**0.5}
+    print(
+        f"reweighted: Pareto k {float(k):.2f} (reliable below 0.7), effective "
+        f"draws {count:.0f} of {len(weights)}",
+        flush=True,
+    )
+    return pd.DataFrame(rows).T, float(k)
+
+
+def agreement_with(reference: pd.DataFrame, learned, names: list[str]) -> pd.DataFrame:
+    """`agreement` against a table of means, sds and Monte Carlo errors."""
+    n = az.summary(learned, var_names=names, round_to="none")
+    e = reference.loc[n.index]
+    return pd.DataFrame(
+        {
+            "mean reference": e["mean"],
+            "mean neural": n["mean"],
+            "sd reference": e["sd"],
+            "gap (sd)": (n["mean"] - e["mean"]).abs() / e["sd"],
             "mcse (sd)": (n["mcse_mean"] ** 2 + e["mcse_mean"] ** 2) ** 0.5 / e["sd"],
             "sd ratio": n["sd"] / e["sd"],
         }
@@ -102,6 +178,8 @@ def compare(model: str, args) -> float:
     ]
     fits = {}
     for likelihood in args.likelihoods:
+        if likelihood == "reweighted":
+            continue
         fits[likelihood], seconds = fit(trials, model, pooling, likelihood, args)
         summary = az.summary(fits[likelihood], var_names=names, round_to="none")
         stats = fits[likelihood].sample_stats
@@ -115,6 +193,30 @@ def compare(model: str, args) -> float:
         refinement = fits[likelihood].attrs.get("refinement")
         if refinement:
             print(f"  refinement: {refinement}", flush=True)
+    if "reweighted" in args.likelihoods and "neural" in fits:
+        start = time.perf_counter()
+        table, k = reweighted(fits["neural"], trials, simulator, names)
+        print(f"  weighting took {time.perf_counter() - start:.1f} s", flush=True)
+        if "exact" in fits:
+            check = agreement_with(table, fits["exact"], names)
+            print(
+                "reweighted against exact: largest mean gap "
+                f"{check['gap (sd)'].max():.3f} sd at {check['gap (sd)'].idxmax()}, "
+                f"sd ratio {check['sd ratio'].min():.2f} - "
+                f"{check['sd ratio'].max():.2f}",
+                flush=True,
+            )
+        gaps = agreement_with(table, fits["neural"], names)
+        print("neural against reweighted:")
+        print(gaps.to_string(float_format=lambda v: f"{v:.3f}"))
+        where = gaps["gap (sd)"].idxmax()
+        print(
+            f"neural against reweighted (k {k:.2f}): worst gap "
+            f"{gaps.loc[where, 'gap (sd)']:.3f} sd (MC se "
+            f"{gaps.loc[where, 'mcse (sd)']:.3f}) at {where}; sd ratio "
+            f"{gaps['sd ratio'].min():.2f} - {gaps['sd ratio'].max():.2f}",
+            flush=True,
+        )
     if "exact" not in fits or len(fits) < 2:
         return float("nan")
     worst = float("nan")
@@ -149,7 +251,7 @@ def main() -> None:
         "--likelihoods",
         nargs="+",
         default=["neural", "exact"],
-        choices=["neural", "refined", "exact"],
+        choices=["neural", "refined", "exact", "reweighted"],
         help="in this order (refined: the shipped estimator refined at the fit's "
         "posterior); each learned one is compared with exact when it is run",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import importlib.util
 import io
 import os
@@ -469,6 +470,15 @@ def non_numeric_hint(name: str, values: pd.Series, codes: tuple | None) -> str:
     )
 
 
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """ "; did you mean 'participant_id'?" for a near miss (case or a typo)."""
+    lowered = {c.lower(): c for c in choices}
+    if name.lower() in lowered:
+        return f"; did you mean {lowered[name.lower()]!r}?"
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1)
+    return f"; did you mean {lowered[close[0]]!r}?" if close else ""
+
+
 def prepare_data(
     data: pd.DataFrame | str | Path,
     simulator: Simulator,
@@ -526,7 +536,7 @@ def prepare_data(
             "(after a groupby?): pass df.reset_index()"
             if in_index
             else f"group column {group!r} is not in the data (the data have "
-            f"{', '.join(columns)})"
+            f"{', '.join(columns)}){did_you_mean(str(group), columns)}"
         )
     groups = frame[group]
     bad = groups.isna().to_numpy()

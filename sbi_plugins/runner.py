@@ -56,6 +56,7 @@ from sbi_plugins.results.diagnostics import (
     fast_guess_hints,
     warn_at_domain_edges,
     warn_of_fast_guesses,
+    warn_of_fast_rows,
 )
 from sbi_plugins.results.idata import build_inference_data
 from sbi_plugins.results.pointwise import (
@@ -267,6 +268,9 @@ def fit(
             ),
             file=sys.stderr,
         )
+
+    if lapse is None:
+        warn_of_fast_rows(sim, prepared)
 
     def sample(estimator: TrainedEstimator | None) -> Sampled:
         current = lik if estimator is None else Likelihood(sim, estimator)

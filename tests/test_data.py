@@ -30,6 +30,16 @@ def test_missing_group_column(cookie):
         prepare_data(pd.DataFrame({"chips": [1]}), cookie, "site")
 
 
+def test_a_misspelled_group_column_is_named_with_the_one_meant(cookie):
+    frame = pd.DataFrame({"chips": [1], "participant_id": [1]})
+    for typo in ("participant_idx", "Participant_ID", "partcipant_id"):
+        with pytest.raises(DataError, match=r"did you mean 'participant_id'\?"):
+            prepare_data(frame, cookie, typo)
+    with pytest.raises(DataError) as caught:
+        prepare_data(frame, cookie, "site")
+    assert "did you mean" not in str(caught.value)  # nothing near: no guess
+
+
 def test_empty_group_values_name_the_rows(cookie):
     df = pd.DataFrame({"chips": [1, 2, 3], "location": [1, np.nan, 2]})
     with pytest.raises(DataError, match="'location' is empty at row 1"):

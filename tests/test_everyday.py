@@ -67,6 +67,30 @@ def test_t_at_its_lower_bound_points_to_fast_guesses_not_retraining():
         warn_at_domain_edges(model, posterior, theta, data, fast_guess_hints(sim))
 
 
+def test_the_domain_edge_warning_names_the_groups_column():
+    """'for 1 (25%)' does not say that 1 is a participant and 25% a share of
+    draws: the warning names the column and what the share is."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    sim = _ddm()
+    trials, _ = simulate_dataset(3, 20, seed=0)
+    data = prepare_data(trials, sim, "participant_id")
+    model, _ = build_model(
+        plan_model(sim, trials, "participant_id", "none"), data, Likelihood(sim)
+    )
+    posterior = {
+        p.name: np.full((1, 50, 3), p.parameter.lower + 0.3 * p.parameter.width)
+        for p in model.parameters
+    }
+    posterior["t"][..., 1] = 0.0  # the second subject's t at its lower bound
+    theta = model.cell_parameter_draws(posterior)
+    label = data.group_labels[1]
+    with pytest.warns(UserWarning) as caught:
+        warn_at_domain_edges(model, posterior, theta, data)
+    (message,) = [str(w.message) for w in caught if "'t' pile up" in str(w.message)]
+    assert f"for participant_id {label} (100%) (the share of draws)" in message
+
+
 def test_a_pooled_t_held_below_one_fast_guess_is_named_with_the_remedy():
     """`t` pooled cannot reach its bound: the warning names the row it is held
     below; a `t` as far below the fastest rows as clean data leave it is quiet."""
@@ -209,7 +233,12 @@ def test_chains_that_have_not_mixed_are_reported_with_the_worst_sites():
     walk = {"t": np.cumsum(rng.normal(size=(2, 300, 3)), axis=1)}
     with pytest.warns(RuntimeWarning, match=r"bulk ESS is below 100.*t\[") as w:
         warn_poor_mixing(walk)
-    assert "--draws 1000" in str(w[0].message)
+    assert "--draws 1000 --tune 1000" in str(w[0].message)  # 300 draws: at least
+    long_walk = {"t": np.cumsum(rng.normal(size=(2, 1000, 3)), axis=1)}
+    with pytest.warns(RuntimeWarning) as w:
+        warn_poor_mixing(long_walk)
+    # a fit of 1,000 draws is told to run longer than it did, not as long
+    assert "--draws 2000 --tune 2000" in str(w[0].message)
 
 
 def test_poor_mixing_names_groups_by_their_labels_as_az_summary_does():
@@ -308,3 +337,43 @@ def test_auto_takes_a_dense_mass_matrix_where_it_can_be_estimated():
     assert not dense_pays("auto", **{**fits, "tune": 500, "dims": most})
     assert dense_pays("dense", **{**fits, "preset_start": True, "dims": 600})
     assert not dense_pays("diagonal", **fits)
+
+
+def test_fast_rows_are_named_before_sampling_without_a_lapse_component():
+    """A fit without a lapse component used to name its fast guesses only after
+    its whole run: they are named first, with the remedy; clean data and fits
+    with a lapse component hear nothing."""
+    from sbi_plugins_ddm import simulate_dataset
+
+    from sbi_plugins.results.diagnostics import warn_of_fast_rows
+
+    sim = _ddm()
+    trials, _ = simulate_dataset(3, 60, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_of_fast_rows(sim, prepare_data(trials, sim, "participant_id")) == []
+    guess = trials.copy()
+    row = guess.index[guess["participant_id"] == guess["participant_id"].iloc[0]][5]
+    guess.loc[row, "rt"] = 0.06
+    data = prepare_data(guess, sim, "participant_id")
+    with pytest.warns(UserWarning, match=rf"row {row} \(rt 0.06, its group's 4th"):
+        (message,) = warn_of_fast_rows(sim, data)
+    assert "--p-outlier 0.05" in message
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("sampling started")
+
+    import sbi_plugins.runner as runner
+
+    kwargs = dict(group="participant_id", likelihood="exact", progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runner, "_sample_refined", stop)
+        with (
+            pytest.warns(UserWarning, match="far faster than the rest"),
+            pytest.raises(RuntimeError, match="sampling started"),
+        ):
+            sbi_plugins.fit(guess, "ddm", **kwargs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            with pytest.raises(RuntimeError, match="sampling started"):
+                sbi_plugins.fit(guess, "ddm", p_outlier=0.05, **kwargs)

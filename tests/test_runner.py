@@ -399,6 +399,23 @@ def test_rows_only_a_lapse_explains_are_not_called_unreliable():
     assert len(said) == 1, said  # ArviZ's own, unnamed warning is not repeated
     assert said[0].startswith("fit 'heavy': PSIS-LOO is unreliable for 1 data rows")
     assert "rows 4)" in said[0] and "1 more rows have k = inf" in said[0]
+    assert "fit with p_outlier" in said[0]
+    # a fast guess under a fixed lapse share: the model's density moves it a
+    # hair (sd 5e-4), with a Pareto tail (shape 1) that gives ArviZ a large k
+    tail = (1 - (np.arange(600) + 0.5) / 600) ** -1.0 - 1
+    hair = -3.2 - 1e-5 * np.random.default_rng(2).permutation(tail).reshape(2, 300)
+    lapse_fit = _loo_fit({2: hair, 4: heavy}, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        k = az.loo(lapse_fit, pointwise=True).pareto_k.values
+    assert k[2] > 0.7 and hair.std() < 0.01
+    assert pareto_k_rows(lapse_fit) == ([4], [2])
+    lapse_fit.attrs["p_outlier"] = "0.05 (fixed)"
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        sbi_plugins.compare({"lapse": lapse_fit, "heavy": both})
+    (said,) = [str(w.message) for w in seen if "'lapse'" in str(w.message)]
+    assert "has a lapse component already" in said and "--p-outlier" not in said
 
 
 def test_log_likelihood_is_thinned_exactly_above_its_budget():

@@ -195,10 +195,11 @@ def warn_poor_mixing(
             "draws for reliable estimates and r-hat"
         )
     if messages:
+        longer = max(1000, 2 * draws)
         warnings.warn(
             "; ".join(messages)
-            + ". Run longer (--draws 1000 --tune 1000, or more), with 4 chains; "
-            "see az.summary(idata) and az.plot_trace(idata). Divergences or "
+            + f". Run longer (--draws {longer} --tune {longer}, or more), with 4 "
+            "chains; see az.summary(idata) and az.plot_trace(idata). Divergences or "
             "parameters piled at a bound often share the cause",
             RuntimeWarning,
             stacklevel=4,
