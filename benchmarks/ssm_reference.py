@@ -16,10 +16,11 @@ predictive or pointwise log-likelihood) and sampler health and the worst gap
 quadrature costs about 5 times the neural estimator per gradient, some 6 s per
 draw on two shared cores (docs/ssm.md); start it with few draws.
 
-`reweighted` stands in for that fit: the neural fit's draws, importance-weighted
-by the reference's likelihood over the neural one's (Pareto-smoothed, Vehtari et
-al. 2024), are draws of the reference posterior as long as Pareto k stays below
-0.7. It needs one reference log-density per draw and row, no gradient and no
+`reweighted` stands in for that fit: each learned fit's draws (neural, refined),
+importance-weighted by the reference's likelihood over the learned one's
+(Pareto-smoothed, Vehtari et al. 2024), are draws of the reference posterior as
+long as Pareto k stays below 0.7. It needs one reference log-density per draw
+and row, no gradient and no
 sampling. Run it beside `exact` (on `ddm_sdv`) to see the two agree.
 """
 
@@ -193,25 +194,26 @@ def compare(model: str, args) -> float:
         refinement = fits[likelihood].attrs.get("refinement")
         if refinement:
             print(f"  refinement: {refinement}", flush=True)
-    if "reweighted" in args.likelihoods and "neural" in fits:
+    learned_fits = [n for n in ("neural", "refined") if n in fits]
+    for learned in learned_fits if "reweighted" in args.likelihoods else []:
         start = time.perf_counter()
-        table, k = reweighted(fits["neural"], trials, simulator, names)
+        table, k = reweighted(fits[learned], trials, simulator, names)
         print(f"  weighting took {time.perf_counter() - start:.1f} s", flush=True)
         if "exact" in fits:
             check = agreement_with(table, fits["exact"], names)
             print(
-                "reweighted against exact: largest mean gap "
+                f"{learned} reweighted against exact: largest mean gap "
                 f"{check['gap (sd)'].max():.3f} sd at {check['gap (sd)'].idxmax()}, "
                 f"sd ratio {check['sd ratio'].min():.2f} - "
                 f"{check['sd ratio'].max():.2f}",
                 flush=True,
             )
-        gaps = agreement_with(table, fits["neural"], names)
-        print("neural against reweighted:")
+        gaps = agreement_with(table, fits[learned], names)
+        print(f"{learned} against its reweighting:")
         print(gaps.to_string(float_format=lambda v: f"{v:.3f}"))
         where = gaps["gap (sd)"].idxmax()
         print(
-            f"neural against reweighted (k {k:.2f}): worst gap "
+            f"{learned} against its reweighting (k {k:.2f}): worst gap "
             f"{gaps.loc[where, 'gap (sd)']:.3f} sd (MC se "
             f"{gaps.loc[where, 'mcse (sd)']:.3f}) at {where}; sd ratio "
             f"{gaps['sd ratio'].min():.2f} - {gaps['sd ratio'].max():.2f}",
