@@ -51,11 +51,9 @@ class Nuts:
             preset_start=preset,
         )
         mode = None
-        if search is model:
-            mode = laplace_start(model, kwargs, s.chains, s.seed, init=start)
-        elif search is not None:  # the mode without the centered populations
-            through = (search, search.with_derived)
-            init = search.start()
+        if search is not None:  # its mode, carried over where it is another model
+            through = None if search is model else (search, search.with_derived)
+            init = search.start() if through else start
             mode = laplace_start(model, kwargs, s.chains, s.seed, init, through)
         if mode is not None:
             starts, inverse_mass = mode
