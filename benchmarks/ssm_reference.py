@@ -4,6 +4,7 @@ reference (`likelihood="exact"`), side by side on one data set per model.
     python benchmarks/ssm_reference.py [ddm_sdv full_ddm] [--subjects 10 --trials 100]
                                        [--draws 1000 --tune 1000 --chains 4]
                                        [--likelihoods neural refined exact reweighted]
+                                       [--estimator FILE]
 
 Data as in `ssm_fits.py`: `simulate_dataset` (seed 0), `v` and `a` with a
 population, the other parameters pooled completely at one true value (`t` 0.6
@@ -66,6 +67,7 @@ def fit(trials, model: str, pooling, likelihood: str, args) -> tuple:
         seed=args.seed,
         progress=False,
         refine=likelihood == "refined",
+        estimator=args.estimator if likelihood != "exact" else None,
         posterior_predictive=False,  # the sampler's cost alone, for both
         log_likelihood="reweighted" in args.likelihoods,  # its weights need them
     )
@@ -256,6 +258,10 @@ def main() -> None:
         choices=["neural", "refined", "exact", "reweighted"],
         help="in this order (refined: the shipped estimator refined at the fit's "
         "posterior); each learned one is compared with exact when it is run",
+    )
+    parser.add_argument(
+        "--estimator",
+        help="a trained estimator's file to use instead of the shipped one (one model)",
     )
     args = parser.parse_args()
     warnings.simplefilter("ignore")

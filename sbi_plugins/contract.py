@@ -85,6 +85,12 @@ class Observable:
     onset with trial-to-trial variability (`t` of a model with `st`), which a
     trial may precede. Every value then exceeds `t`, so a density that is zero
     before `t - st` is positive on every row at the start.
+
+    `exceeds` generalises `shift` to a sum of parameters times coefficients that
+    the value always exceeds, e.g. `{"t": 1, "st": -1}`: the earliest reaction
+    time of an onset that varies over `t -+ st`. The estimator learns the excess
+    and values at or below it get probability zero, as with a shift, but no one
+    parameter is bounded while sampling (give `start_below` for the start).
     """
 
     name: str
@@ -96,6 +102,7 @@ class Observable:
     shift: str | None = None
     scale: Mapping[str, float] | None = None
     start_below: str | None = None
+    exceeds: Mapping[str, float] | None = None
 
     def __post_init__(self) -> None:
         _check_name("observable", self.name)
@@ -125,7 +132,13 @@ class Observable:
                 f"observable {self.name!r}: give shift or start_below, not both (a "
                 "shift parameter already starts below the value)"
             )
-        if self.onset(start=True) is not None and self.kind != "continuous":
+        if self.shift is not None and self.exceeds is not None:
+            raise ContractError(
+                f"observable {self.name!r}: give shift or exceeds, not both (a shift "
+                "is exceeds={shift: 1} that also bounds its parameter)"
+            )
+        floor = self.onset(start=True) is not None or self.exceeds is not None
+        if floor and self.kind != "continuous":
             raise ContractError(
                 f"observable {self.name!r}: only a continuous observable can have a "
                 "shift or start_below parameter"
@@ -140,6 +153,13 @@ class Observable:
         """The parameter this value must exceed: its shift while sampling, and at
         the start (`start`) also its `start_below`."""
         return self.shift or (self.start_below if start else None)
+
+    def floor(self) -> dict[str, float] | None:
+        """What the estimator takes off the value, as coefficients per parameter:
+        the shift (`{shift: 1}`) or `exceeds`; None for neither."""
+        if self.shift is not None:
+            return {self.shift: 1.0}
+        return {k: float(c) for k, c in self.exceeds.items()} if self.exceeds else None
 
 
 @dataclass(frozen=True)
@@ -295,6 +315,12 @@ class Simulator:
                     f"simulator {self.name!r}: observable {obs.name!r} must exceed "
                     f"{onset!r} (shift or start_below), which is not a parameter"
                 )
+            for name in obs.exceeds or {}:
+                if name not in self.parameter_names:
+                    raise ContractError(
+                        f"simulator {self.name!r}: observable {obs.name!r} exceeds "
+                        f"a sum with {name!r}, which is not a parameter"
+                    )
             for name in obs.scale or {}:
                 if name not in self.parameter_names:
                     raise ContractError(

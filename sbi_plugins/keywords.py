@@ -101,12 +101,33 @@ def refuse_unknown_keywords(
     )
 
 
+def rewrite_include(value: Any) -> str | None:
+    """The user's own `include=` in this library's words: HSSM's entries with a
+    formula as `formulas={...}`, HDDM's parameter names as `pooling={...}`; None
+    for anything else (the generic explanation then)."""
+    if not isinstance(value, list | tuple) or not value:
+        return None
+    if all(isinstance(v, Mapping) and v.get("formula") for v in value):
+        pairs = ", ".join(
+            f"{v.get('name', str(v['formula']).split('~')[0].strip())!r}: "
+            f"{v['formula']!r}"
+            for v in value
+        )
+        return f"formulas={{{pairs}}} (HSSM's include= with a formula)"
+    if all(isinstance(v, str) for v in value):
+        pairs = ", ".join(f"{v!r}: 'partial'" for v in value)
+        return f"pooling={{{pairs}}} (HDDM's include=; 'partial' is the default)"
+    return None
+
+
 def describe_unknown(function: str, name: str, value: Any, accepted: list[str]) -> str:
     if name == "model" and isinstance(value, str):
         return (
             f"{function}() takes no model=: the simulator is the second argument: "
             f"{function}(data, {value!r})"
         )
+    if name == "include" and (rewritten := rewrite_include(value)):
+        return f"{function}() takes no include=: write {rewritten}"
     if name in FOREIGN_KEYWORDS:
         return f"{function}() takes no {name}=: {FOREIGN_KEYWORDS[name]}"
     close = difflib.get_close_matches(name, accepted, n=1)

@@ -65,6 +65,15 @@ def test_unknown_observable_kind_is_refused():
         ),
         (dict(kind="count", start_below="rate"), "only a continuous observable"),
         (dict(kind="continuous", start_below="onset"), "'onset'.*not a parameter"),
+        (
+            dict(kind="continuous", shift="rate", exceeds={"rate": 1.0}),
+            "give shift or exceeds, not both",
+        ),
+        (dict(kind="count", exceeds={"rate": 1.0}), "only a continuous observable"),
+        (
+            dict(kind="continuous", exceeds={"rate": 1.0, "spread": -1.0}),
+            "exceeds a sum with 'spread', which is not a parameter",
+        ),
     ],
 )
 def test_a_start_below_parameter_is_checked_like_a_shift(observable, message):

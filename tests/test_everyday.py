@@ -234,6 +234,7 @@ def test_chains_that_have_not_mixed_are_reported_with_the_worst_sites():
     with pytest.warns(RuntimeWarning, match=r"bulk ESS is below 100.*t\[") as w:
         warn_poor_mixing(walk)
     assert "--draws 1000 --tune 1000" in str(w[0].message)  # 300 draws: at least
+    assert "draws=1000, tune=1000" in str(w[0].message)  # and in fit()'s words
     long_walk = {"t": np.cumsum(rng.normal(size=(2, 1000, 3)), axis=1)}
     with pytest.warns(RuntimeWarning) as w:
         warn_poor_mixing(long_walk)

@@ -113,6 +113,23 @@ def test_data_that_is_not_a_table_and_a_group_in_the_index_are_named():
         sbi_plugins.fit(indexed, "ddm", group="participant_id")
 
 
+@pytest.mark.parametrize(
+    ("include", "said"),
+    [
+        (
+            [{"name": "v", "formula": "v ~ 1 + (1|participant_id)"}],
+            "write formulas={'v': 'v ~ 1 + (1|participant_id)'}",
+        ),
+        (["z", "sv"], "write pooling={'z': 'partial', 'sv': 'partial'}"),
+    ],
+)
+def test_include_is_answered_with_the_users_own_formula(include, said):
+    """A user's `include=` was answered with a stock formula, not theirs."""
+    with pytest.raises(TypeError) as caught:
+        sbi_plugins.fit(ONE_TRIAL, "ddm", include=include)
+    assert said in str(caught.value)
+
+
 def test_hssms_include_entries_given_as_formulas_are_rewritten():
     include = [{"name": "v", "formula": "v ~ 1 + (1|participant_id)"}]
     with pytest.raises(SbiPluginsError) as caught:

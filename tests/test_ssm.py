@@ -137,7 +137,8 @@ def test_levy_rows_of_one_call_each_get_their_own_alpha():
 def test_the_shipped_estimators_cover_the_required_models_and_pass_check():
     """Each file loads against its simulator with the recorded checksum, and
     `check` passes on it: contract, and held-out log-likelihood on fresh
-    simulations no worse than in training."""
+    simulations no worse than in training. A model with onset variability learns
+    `rt` over its earliest value."""
     shipped = manifest()
     assert set(REQUIRED) <= set(SHIPPED)
     assert any(
@@ -151,6 +152,9 @@ def test_the_shipped_estimators_cover_the_required_models_and_pass_check():
         assert report.ok, report.format()
         (held,) = [c for c in report.checks if c.name == "held-out log-likelihood"]
         assert record["sha256"][:12] in report.format()
+        if "st" in sbi_plugins.get_simulator(name).parameter_names:
+            # the earliest RT is t - st: learned as the excess over it, an exact edge
+            assert "(rt - (t - st)) / a^2" in report.format()
         assert (
             held.values["mean"] > held.values["training_value"] - held.values["margin"]
         )

@@ -30,6 +30,7 @@ TO_SHIP = (
     "angle",
     "ddm_sdv",
     "race_no_bias_3",
+    "race_no_z_3",
     "weibull",
     "levy",
     "ornstein",

@@ -171,7 +171,11 @@ def network_space(simulator: Simulator, config: dict[str, Any]) -> str:
 
     parts = []
     for j, obs in enumerate(simulator.observables):
-        shift = [names[k] for c, k in config.get("shift", []) if c == j]
+        shift = [
+            reduction.floor_text(spec, names)
+            for c, spec in config.get("shift", [])
+            if c == j
+        ]
         scale = [product for c, product in config.get("scale", []) if c == j]
         if not shift and not scale:
             continue

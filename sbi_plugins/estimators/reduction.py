@@ -1,13 +1,14 @@
 """Known symmetries of a simulator, applied exactly so its network learns less.
 
 A plugin may declare in its contract that an observable exceeds a parameter
-(`Observable.shift`), that the excess scales with a product of parameters
-(`Observable.scale`), and that what remains depends on the parameters only through a
-few products of them (`Simulator.network_condition`). The DDM's first-passage times
-obey all three: `(rt - t) / a**2` has a distribution set by `v * a` and `z` alone.
-Training and scoring then apply the same transformation, the density changes by its
-Jacobian, and the network models a lower-dimensional family: less to learn, so a
-smaller error for the same simulations.
+(`Observable.shift`) or a sum of them (`Observable.exceeds`), that the excess
+scales with a product of parameters (`Observable.scale`), and that what remains
+depends on the parameters only through a few products of them
+(`Simulator.network_condition`). The DDM's first-passage times obey all three:
+`(rt - t) / a**2` has a distribution set by `v * a` and `z` alone. Training and
+scoring then apply the same transformation, the density changes by its Jacobian,
+and the network models a lower-dimensional family: less to learn, so a smaller
+error for the same simulations.
 
 Products are stored as `[[parameter index, exponent], ...]` so they travel in an
 artifact's JSON metadata and rebuild without the plugin's code.
@@ -40,6 +41,38 @@ def evaluate(product: Monomial, theta: Tensor) -> Tensor:
             factor = factor**power
         out = factor if out is None else out * factor
     return out if out is not None else torch.ones_like(theta[..., 0])
+
+
+Floor = int | list[list[float]]
+
+
+def floor_spec(coefficients: Mapping[str, float], names: Sequence[str]) -> Floor:
+    """What a column exceeds: one parameter's index (a shift, `{"t": 1}`), as
+    artifacts have always stored it, else `[[index, coefficient], ...]`."""
+    if len(coefficients) == 1 and next(iter(coefficients.values())) == 1.0:
+        return names.index(next(iter(coefficients)))
+    return [[names.index(name), float(c)] for name, c in coefficients.items()]
+
+
+def floor_value(spec: Floor, theta: Tensor) -> Tensor:
+    """The floor per row of `theta`: the parameter, or the sum of coefficients
+    times parameters."""
+    if isinstance(spec, int | float):
+        return theta[..., int(spec)]
+    return sum(c * theta[..., int(k)] for k, c in spec)
+
+
+def floor_text(spec: Floor, names: Sequence[str]) -> str:
+    """`t`, or `(t - st)` for a sum."""
+    if isinstance(spec, int | float):
+        return names[int(spec)]
+    terms = [
+        ("- " if c < 0 else "+ ")
+        + ("" if abs(c) == 1 else f"{abs(c):g} ")
+        + names[int(k)]
+        for k, c in spec
+    ]
+    return "(" + " ".join(terms).removeprefix("+ ") + ")"
 
 
 def is_positive(product: Monomial, lower: Sequence[float]) -> bool:
@@ -99,9 +132,9 @@ def network_value(
         return values if group_index is None else values[..., group_index]
 
     valid = log_scale = None
-    for j, k in config.get("shift", []):
+    for j, spec in config.get("shift", []):
         if j == column:
-            value = value.to(theta.dtype) - per_row(theta[..., k])
+            value = value.to(theta.dtype) - per_row(floor_value(spec, theta))
             valid = value > 0
             value = value.clamp_min(1e-9)
     for j, product in config.get("scale", []):

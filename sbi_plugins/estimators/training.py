@@ -204,14 +204,14 @@ def network_config(
         "num_transforms": recipe.num_transforms,
         **{k: v for k, v in recipe.options.items() if k not in TRAINING_OPTIONS},
     }
+    names = simulator.parameter_names
     shifts = [
-        [j, simulator.parameter_names.index(o.shift)]
+        [j, reduction.floor_spec(o.floor(), names)]
         for j, o in enumerate(simulator.observables)
-        if o.shift is not None
+        if o.floor() is not None
     ]
     if shifts:
         config["shift"] = shifts
-    names = simulator.parameter_names
     scales = [
         [j, reduction.monomial(o.scale, names)]
         for j, o in enumerate(simulator.observables)
@@ -376,6 +376,9 @@ def train(
             warnings.filterwarnings("ignore", message=".*mixed neural density.*")
             # the cosine schedule ends at max_num_epochs by design, not for lack of time
             warnings.filterwarnings("ignore", message="Maximum number of epochs")
+            if config.get("log_transform_x"):
+                # sbi looks for outliers in x itself; the network z-scores log x
+                warnings.filterwarnings("ignore", message="Data has extreme outliers")
             net = trainer.append_simulations(theta, x).train(
                 training_batch_size=recipe.training_batch_size,
                 learning_rate=recipe.learning_rate,

@@ -196,9 +196,10 @@ def warn_poor_mixing(
         longer = max(1000, 2 * draws)
         warnings.warn(
             "; ".join(messages)
-            + f". Run longer (--draws {longer} --tune {longer}, or more), with 4 "
-            "chains; see az.summary(idata) and az.plot_trace(idata). Divergences or "
-            "parameters piled at a bound often share the cause",
+            + f". Run longer (draws={longer}, tune={longer}, or more; --draws "
+            f"{longer} --tune {longer} on the command line), with 4 chains; see "
+            "az.summary(idata) and az.plot_trace(idata). Divergences or parameters "
+            "piled at a bound often share the cause",
             RuntimeWarning,
             stacklevel=4,
         )

@@ -28,6 +28,7 @@ from torch import Tensor
 
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import decision_columns
+from sbi_plugins.estimators import reduction
 
 NODES = 64
 """Gauss-Legendre nodes over the log excess; against the DDM's closed-form CDF the
@@ -90,12 +91,18 @@ class Omissions:
 def time_frame(
     simulator: Simulator, theta: Tensor, time_column: int
 ) -> tuple[Tensor, Tensor]:
-    """The response time's onset (its shift parameter, else 0) and the log of its
-    scale (the declared product of parameters, else 0), per row of `theta`."""
+    """The response time's onset (what it always exceeds: its shift parameter or
+    sum, else 0) and the log of its scale (the declared product of parameters,
+    else 0), per row of `theta`."""
     observable = simulator.observables[time_column]
     names = simulator.parameter_names
     zero = torch.zeros_like(theta[..., 0])
-    onset = theta[..., names.index(observable.shift)] if observable.shift else zero
+    floor = observable.floor()
+    onset = (
+        reduction.floor_value(reduction.floor_spec(floor, names), theta)
+        if floor
+        else zero
+    )
     log_scale = zero
     for name, power in (observable.scale or {}).items():
         log_scale = log_scale + power * theta[..., names.index(name)].log()

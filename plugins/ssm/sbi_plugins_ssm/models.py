@@ -68,6 +68,7 @@ DESCRIPTIONS = {
     "race_no_bias_2": "race of two accumulators, common start z",
     "race_no_bias_3": "race of three accumulators (3 choices), common start z",
     "race_no_bias_4": "race of four accumulators (4 choices), common start z",
+    "race_no_z_3": "race of three accumulators (3 choices), each starting at 0",
     "race_no_bias_angle_3": "three-accumulator race with collapsing bounds",
 }
 """The catalogue: every model here is registered (`ddm` is not: the ddm plugin has it
@@ -152,6 +153,13 @@ def onset_shift(names: Sequence[str]) -> str | None:
     return "t" if "t" in names and "st" not in names else None
 
 
+def earliest_rt(names: Sequence[str]) -> dict[str, float] | None:
+    """What `rt` exceeds where the onset varies as `t + U(-st, st)`
+    (ssm-simulators' convention): `t - st`. The network learns the excess, so the
+    density's leading edge is exact, not a smoothed step that biases `t` and `st`."""
+    return {"t": 1.0, "st": -1.0} if {"t", "st"} <= set(names) else None
+
+
 def sequential_sampling_model(
     name: str,
     simulate: Callable[[np.ndarray, np.random.Generator], np.ndarray],
@@ -166,8 +174,9 @@ def sequential_sampling_model(
     """A `Simulator` for any sequential sampling model: `simulate` maps `(n, p)`
     parameter rows (in the order of `bounds`) to `(n, 2)` rows of (rt in seconds,
     response code), NaN for a trial that never decides. `rt` is learned as
-    `(rt - t) / a**2` where the model has `t` (and no onset variability `st`: then
-    `t` only starts below each group's fastest `rt`) and a positive `a`; the
+    `(rt - t) / a**2` where the model has `t` and a positive `a`, and as
+    `(rt - t + st) / a**2` where the onset varies (`st`: then `t` only starts below
+    each group's fastest `rt`); the
     DDM-like parameters get the ddm plugin's population priors.
     `log_likelihood` (optional) is a reference density, as in `Simulator`."""
     parameters = tuple(
@@ -191,6 +200,7 @@ def sequential_sampling_model(
                 0.0,
                 description="reaction time in seconds",
                 shift=shift,
+                exceeds=earliest_rt(names),
                 scale=scale,
                 start_below="t" if shift is None and "t" in names else None,
             ),
