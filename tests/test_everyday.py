@@ -340,6 +340,25 @@ def test_auto_takes_a_dense_mass_matrix_where_it_can_be_estimated():
     assert not dense_pays("diagonal", **fits)
 
 
+def test_a_fast_row_is_named_before_sampling_where_rt_exceeds_t_minus_st():
+    """`full_ddm` learns `rt` over `t - st` (an exact edge): a fast guess holds
+    that sum below it, as it holds the DDM's `t`."""
+    pytest.importorskip("ssms.config")
+    from sbi_plugins_ssm import simulate_dataset
+
+    from sbi_plugins.results.diagnostics import warn_of_fast_rows
+
+    sim = sbi_plugins.get_simulator("full_ddm")
+    trials, _ = simulate_dataset(sim, 3, 60, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_of_fast_rows(sim, prepare_data(trials, sim, "participant_id")) == []
+    guess = trials.copy()
+    guess.loc[7, "rt"] = 0.06
+    with pytest.warns(UserWarning, match=r"row 7 \(rt 0.06.*will hold \(t - st\)"):
+        warn_of_fast_rows(sim, prepare_data(guess, sim, "participant_id"))
+
+
 def test_fast_rows_are_named_before_sampling_without_a_lapse_component():
     """A fit without a lapse component used to name its fast guesses only after
     its whole run: they are named first, with the remedy; clean data and fits

@@ -12,6 +12,7 @@ import numpy as np
 from sbi_plugins.contract import Simulator
 from sbi_plugins.data import PreparedData
 from sbi_plugins.errors import DomainWarning
+from sbi_plugins.estimators import reduction
 from sbi_plugins.model.model import HierarchicalModel
 
 EDGE_FRACTION = 0.01
@@ -130,12 +131,20 @@ def far_faster(
 
 def warn_of_fast_rows(simulator: Simulator, data: PreparedData) -> list[str]:
     """Before sampling, where no lapse component is fitted: rows far faster than
-    the rest of their group look like fast guesses, which hold the shift
-    parameter below them. Said first, not after a fit's whole run."""
+    the rest of their group look like fast guesses, which hold what the value
+    exceeds (the shift parameter, or a sum such as `t - st`) below them. Said
+    first, not after a fit's whole run."""
     messages = []
+    names = simulator.parameter_names
     for k, obs in enumerate(simulator.observables):
-        if obs.shift is None:
+        floor = obs.floor()
+        if floor is None:
             continue
+        held = (
+            repr(obs.shift)
+            if obs.shift
+            else reduction.floor_text(reduction.floor_spec(floor, names), names)
+        )
         values = data.x[:, k]
         fast, reference = far_faster(values, data.group_index, FAST_BEFORE_FITTING)
         if not fast.any():
@@ -151,7 +160,7 @@ def warn_of_fast_rows(simulator: Simulator, data: PreparedData) -> list[str]:
             f"{'row' if len(rows) == 1 else 'rows'} {shown}{more} "
             f"{'is' if len(rows) == 1 else 'are'} far faster than the rest of "
             f"{'its' if len(rows) == 1 else 'their'} group: if fast guesses, they "
-            f"will hold {obs.shift!r} below them and bias the fit. Fit with a lapse "
+            f"will hold {held} below them and bias the fit. Fit with a lapse "
             "component (p_outlier=0.05, --p-outlier 0.05), or drop them"
         )
         warnings.warn(message, DomainWarning, stacklevel=3)
