@@ -141,7 +141,7 @@ class Observable:
         if floor and self.kind != "continuous":
             raise ContractError(
                 f"observable {self.name!r}: only a continuous observable can have a "
-                "shift or start_below parameter"
+                "shift, exceeds or start_below"
             )
         if self.scale is not None and (self.kind != "continuous" or not self.scale):
             raise ContractError(
