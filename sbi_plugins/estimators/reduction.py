@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from sbi_plugins.contract import Observable
+
 Monomial = list[list[float]]
 
 
@@ -52,6 +54,12 @@ def floor_spec(coefficients: Mapping[str, float], names: Sequence[str]) -> Floor
     if len(coefficients) == 1 and next(iter(coefficients.values())) == 1.0:
         return names.index(next(iter(coefficients)))
     return [[names.index(name), float(c)] for name, c in coefficients.items()]
+
+
+def observable_floor(observable: Observable, names: Sequence[str]) -> Floor | None:
+    """`floor_spec` of what an `Observable` exceeds (`Observable.floor`), or None."""
+    floor = observable.floor()
+    return None if floor is None else floor_spec(floor, names)
 
 
 def floor_value(spec: Floor, theta: Tensor) -> Tensor:

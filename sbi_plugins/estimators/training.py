@@ -205,11 +205,8 @@ def network_config(
         **{k: v for k, v in recipe.options.items() if k not in TRAINING_OPTIONS},
     }
     names = simulator.parameter_names
-    shifts = [
-        [j, reduction.floor_spec(o.floor(), names)]
-        for j, o in enumerate(simulator.observables)
-        if o.floor() is not None
-    ]
+    floors = [reduction.observable_floor(o, names) for o in simulator.observables]
+    shifts = [[j, floor] for j, floor in enumerate(floors) if floor is not None]
     if shifts:
         config["shift"] = shifts
     scales = [

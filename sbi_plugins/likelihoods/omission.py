@@ -97,12 +97,8 @@ def time_frame(
     observable = simulator.observables[time_column]
     names = simulator.parameter_names
     zero = torch.zeros_like(theta[..., 0])
-    floor = observable.floor()
-    onset = (
-        reduction.floor_value(reduction.floor_spec(floor, names), theta)
-        if floor
-        else zero
-    )
+    floor = reduction.observable_floor(observable, names)
+    onset = zero if floor is None else reduction.floor_value(floor, theta)
     log_scale = zero
     for name, power in (observable.scale or {}).items():
         log_scale = log_scale + power * theta[..., names.index(name)].log()

@@ -137,14 +137,10 @@ def warn_of_fast_rows(simulator: Simulator, data: PreparedData) -> list[str]:
     messages = []
     names = simulator.parameter_names
     for k, obs in enumerate(simulator.observables):
-        floor = obs.floor()
+        floor = reduction.observable_floor(obs, names)
         if floor is None:
             continue
-        held = (
-            repr(obs.shift)
-            if obs.shift
-            else reduction.floor_text(reduction.floor_spec(floor, names), names)
-        )
+        held = repr(obs.shift) if obs.shift else reduction.floor_text(floor, names)
         values = data.x[:, k]
         fast, reference = far_faster(values, data.group_index, FAST_BEFORE_FITTING)
         if not fast.any():
